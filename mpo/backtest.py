@@ -1,0 +1,315 @@
+"""Run policies side by side in cvxportfolio's ``MarketSimulator``.
+
+Every policy of a run faces the same market: the same data, the same cost
+model (:class:`mpo.costs.CostModel`, charged by the simulator), the same
+initial portfolio and the same dates. Hold is always included as the
+reference.
+
+Accounting (cvxportfolio's): at each period ``t`` the policy's trades ``u_t``
+are executed, the costs are debited from cash, then every position (cash
+included) earns its return ``r_t``. Hence, with ``v_t`` the value before
+trading::
+
+    gross_t - net_t = costs_t * (1 + r_cash_t) / v_t
+
+which :func:`reconcile_costs` checks to 1e-10.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cvxportfolio as cvx
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mpo.config import PolicySpec, parse_spec
+from mpo.data.market import MarketData
+from mpo.errors import DataError, InfeasibleError, SpecError
+from mpo.io import package_versions, write_json, write_parquet
+from mpo.metrics import bootstrap_sharpe_ci, periods_per_year, summary
+from mpo.policies import build_policy, cost_model, required_history
+
+__all__ = ["BacktestRun", "PolicyResult", "hold_spec", "reconcile_costs", "run_backtests"]
+
+logger = logging.getLogger(__name__)
+
+_COST_NAMES = {"SpreadCost": "spread", "ImpactCost": "impact", "BorrowCost": "holding"}
+
+
+def hold_spec(like: PolicySpec | None = None) -> PolicySpec:
+    """A Hold spec sharing ``like``'s data, backtest and cost sections."""
+    base = {"name": "hold", "kind": "hold", "description": "Hold the initial portfolio."}
+    if like is not None:
+        dumped = like.model_dump()
+        base.update({k: dumped[k] for k in ("data", "backtest", "costs")})
+    return parse_spec(base, source="<built-in hold>")
+
+
+@dataclass
+class PolicyResult:
+    """Series of one policy's backtest (dollar costs; weights are post-trade)."""
+
+    name: str
+    spec: PolicySpec
+    returns: pd.Series
+    gross_returns: pd.Series
+    cash_returns: pd.Series
+    value: pd.Series
+    weights: pd.DataFrame
+    trades: pd.DataFrame
+    costs: pd.DataFrame
+    turnover: pd.Series
+    seconds_per_period: float
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class BacktestRun:
+    """All policies of one run, on one market."""
+
+    results: dict[str, PolicyResult]
+    market: MarketData
+    start: pd.Timestamp
+    end: pd.Timestamp
+    seed: int = 0
+
+    def table(self) -> pd.DataFrame:
+        """One row of metrics per policy, Hold first."""
+        return pd.DataFrame({name: r.metrics for name, r in self.results.items()}).T
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write series as parquet and metrics/config/provenance as JSON (atomically)."""
+        run_dir = Path(run_dir)
+        for name, r in self.results.items():
+            sub = run_dir / name
+            write_parquet(
+                pd.DataFrame(
+                    {
+                        "net_return": r.returns,
+                        "gross_return": r.gross_returns,
+                        "cash_return": r.cash_returns,
+                        "value": r.value.reindex(r.returns.index),
+                        "turnover": r.turnover.reindex(r.returns.index),
+                    }
+                ),
+                sub / "returns.parquet",
+            )
+            write_parquet(r.weights, sub / "weights.parquet")
+            write_parquet(r.trades, sub / "trades.parquet")
+            write_parquet(r.costs, sub / "costs.parquet")
+        write_json(
+            {
+                "metrics": self.table().to_dict(orient="index"),
+                "specs": {n: r.spec.model_dump() for n, r in self.results.items()},
+                "data": self.market.describe(),
+                "window": {"start": str(self.start.date()), "end": str(self.end.date())},
+                "seed": self.seed,
+                "versions": package_versions(),
+                "created": pd.Timestamp.now().isoformat(timespec="seconds"),
+            },
+            run_dir / "run.json",
+        )
+        logger.info("saved run to %s", run_dir)
+        return run_dir
+
+
+class _Progress(cvx.policies.Policy):
+    """Transparent wrapper that advances a progress bar once per period."""
+
+    def __init__(self, policy, bar: tqdm):
+        self.policy = policy
+        self._bar = bar
+
+    def values_in_time(self, **kwargs):  # noqa: D102
+        self._bar.update(1)
+        return self.policy.current_value
+
+
+def _window(specs: list[PolicySpec], market: MarketData, start, end) -> tuple[int, int]:
+    """Index positions of the first and last backtest dates, checked against history."""
+    cal = market.calendar
+    need = max(required_history(s) for s in specs)
+    who = max(specs, key=required_history).name
+    market.require_history(need + 2, f"policy {who!r} ({need} periods of history plus 2 to trade)")
+    first = need
+    if start is not None:
+        pos = int(cal.searchsorted(pd.Timestamp(start)))
+        if pos < need:
+            raise DataError(
+                f"backtest start {pd.Timestamp(start).date()} leaves {pos} periods of history but "
+                f"policy {who!r} needs {need}; the earliest possible start on data "
+                f"{market.name!r} is {cal[need].date()}."
+            )
+        first = pos
+    last = len(cal) - 1
+    if end is not None:
+        last = int(cal.searchsorted(pd.Timestamp(end), side="right")) - 1
+    if last - first < 2:
+        raise DataError(
+            f"the backtest window {cal[min(first, len(cal) - 1)].date()} to "
+            f"{cal[max(last, 0)].date()} has fewer than 3 periods on data {market.name!r} "
+            f"({cal[0].date()} to {cal[-1].date()})."
+        )
+    return first, last
+
+
+def _check_shared(specs: list[PolicySpec]) -> None:
+    ref = specs[0]
+    for s in specs[1:]:
+        for section in ("costs", "backtest"):
+            if getattr(s, section) != getattr(ref, section):
+                raise SpecError(
+                    f"policies {ref.name!r} and {s.name!r} differ in [{section}]: every policy "
+                    f"of a run faces the same market, so [{section}] must be identical "
+                    f"({getattr(ref, section)} vs {getattr(s, section)})."
+                )
+    names = [s.name for s in specs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SpecError(f"policy names must be unique in a run, got duplicates {dup}.")
+
+
+def _initial_holdings(spec: PolicySpec, tickers: list[str], cash_key: str) -> pd.Series:
+    v0 = spec.backtest.initial_value
+    h = pd.Series(0.0, index=[*tickers, cash_key])
+    if spec.backtest.initial == "equal":
+        h.iloc[:-1] = v0 / len(tickers)
+    else:
+        h.iloc[-1] = v0
+    return h
+
+
+def _extract(name, spec, res, market: MarketData, seconds: float) -> PolicyResult:
+    returns = res.returns
+    idx = returns.index
+    v = res.v.loc[idx]
+    h_plus = res.h_plus.loc[idx]
+    period_returns = market.returns_with_cash().loc[idx]
+    gross = (h_plus * (1.0 + period_returns)).sum(axis=1) / v - 1.0
+    costs = pd.DataFrame(res.costs, index=idx).rename(columns=_COST_NAMES)
+    for col in ("spread", "impact", "holding"):
+        if col not in costs:
+            costs[col] = 0.0
+    costs = costs[["spread", "impact", "holding"]].fillna(0.0)
+    return PolicyResult(
+        name=name,
+        spec=spec,
+        returns=returns,
+        gross_returns=gross,
+        cash_returns=period_returns[market.cash_key],
+        value=res.v,
+        weights=res.w_plus.loc[idx],
+        trades=res.z.loc[idx],
+        costs=costs,
+        turnover=res.turnover.loc[idx],
+        seconds_per_period=seconds,
+    )
+
+
+def run_backtests(
+    specs: list[PolicySpec],
+    market: MarketData,
+    *,
+    start=None,
+    end=None,
+    include_hold: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+) -> BacktestRun:
+    """Backtest every spec (and Hold) on ``market`` over the same window.
+
+    Parameters
+    ----------
+    specs
+        Policy specs; their ``[costs]`` and ``[backtest]`` sections must agree.
+    market
+        The data.
+    start, end
+        Backtest window; ``start`` defaults to the first date with enough
+        history for every policy, ``end`` to the last date of the data.
+    include_hold
+        Add the Hold reference if no spec is a hold policy.
+    progress
+        Show a tqdm bar per policy.
+    seed
+        Seed of the bootstrap confidence intervals.
+    """
+    if not specs:
+        raise SpecError("no policy to backtest: give at least one spec.")
+    specs = list(specs)
+    if include_hold and not any(s.kind == "hold" for s in specs):
+        specs.insert(0, hold_spec(specs[0]))
+    _check_shared(specs)
+    first, last = _window(specs, market, start, end)
+    cal = market.calendar
+    t0, t1 = cal[first], cal[last]
+    simulator = cvx.MarketSimulator(
+        market_data=market.to_cvxportfolio(), costs=cost_model(specs[0]).simulator_costs()
+    )
+    h0 = _initial_holdings(specs[0], market.tickers, market.cash_key)
+    backtest_calendar = cal[first:last]
+    results: dict[str, PolicyResult] = {}
+    for spec in specs:
+        policy = build_policy(spec, market.tickers, backtest_calendar)
+        bar = tqdm(
+            total=len(backtest_calendar),
+            desc=f"{spec.name:>14}",
+            disable=not progress,
+            leave=False,
+            unit="period",
+        )
+        tic = time.perf_counter()
+        try:
+            res = simulator.backtest(_Progress(policy, bar), start_time=t0, end_time=t1, h=h0)
+        except (cvx.errors.ProgramInfeasible, cvx.errors.ProgramUnbounded) as exc:
+            raise InfeasibleError(
+                f"policy {spec.name!r}: {exc} Check [constraints] (e.g. min_weight * n <= "
+                "leverage, max_weight * n >= 1 when fully invested)."
+            ) from None
+        finally:
+            bar.close()
+        seconds = (time.perf_counter() - tic) / max(len(backtest_calendar), 1)
+        results[spec.name] = _extract(spec.name, spec, res, market, seconds)
+        logger.info("%s: %.1f ms per period", spec.name, 1e3 * seconds)
+    run = BacktestRun(results=results, market=market, start=t0, end=t1, seed=seed)
+    _add_metrics(run)
+    return run
+
+
+def _add_metrics(run: BacktestRun) -> None:
+    for r in run.results.values():
+        ppy = periods_per_year(r.returns.index)
+        m = summary(r.returns, r.cash_returns, r.turnover, r.costs, r.value, ppy)
+        m["sharpe_ci_low"], m["sharpe_ci_high"] = bootstrap_sharpe_ci(
+            _excess(r), ppy, seed=run.seed
+        )
+        m["ms_per_period"] = 1e3 * r.seconds_per_period
+        r.metrics = m
+    ref = next((r for r in run.results.values() if r.spec.kind == "hold"), None)
+    if ref is None:
+        return
+    for r in run.results.values():
+        if r is ref:
+            continue
+        ppy = periods_per_year(r.returns.index)
+        r.metrics["sharpe_vs_hold"] = r.metrics["sharpe"] - ref.metrics["sharpe"]
+        low, high = bootstrap_sharpe_ci(
+            np.column_stack([_excess(r), _excess(ref)]), ppy, seed=run.seed
+        )
+        r.metrics["sharpe_vs_hold_ci_low"], r.metrics["sharpe_vs_hold_ci_high"] = low, high
+
+
+def _excess(r: PolicyResult) -> np.ndarray:
+    return (r.returns - r.cash_returns).to_numpy()
+
+
+def reconcile_costs(result: PolicyResult) -> pd.Series:
+    """Per-period ``(gross - net) - costs * (1 + r_cash) / v``; zero up to rounding."""
+    v = result.value.reindex(result.returns.index)
+    charged = result.costs.sum(axis=1) * (1.0 + result.cash_returns) / v
+    return (result.gross_returns - result.returns) - charged

@@ -1,0 +1,196 @@
+"""Policy specifications: TOML files validated by pydantic models.
+
+A spec is data until :func:`mpo.policies.build_policy` turns it into a
+cvxportfolio policy. Unknown keys and out-of-range values are errors that name
+the file and the field.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mpo.errors import SpecError
+
+__all__ = [
+    "BacktestSpec",
+    "ConstraintsSpec",
+    "CostsSpec",
+    "DataSpec",
+    "ForecastSpec",
+    "ObjectiveSpec",
+    "PolicySpec",
+    "RiskSpec",
+    "load_spec",
+]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNeg = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    """Default data for the spec (the CLI's ``--data`` etc. override it)."""
+
+    source: str = "sp20"
+    tickers: list[str] | None = None
+    start: str | None = None
+    end: str | None = None
+    adv: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="Assumed average daily dollar volume per asset, for data without volumes.",
+    )
+    seed: int = 0
+
+
+class BacktestSpec(_Strict):
+    """Backtest window and accounting."""
+
+    start: str | None = Field(default=None, description="First trading date of the backtest.")
+    end: str | None = None
+    initial_value: Annotated[float, Field(gt=0)] = 1e6
+    initial: Literal["equal", "cash"] = "equal"
+    solver: str = "CLARABEL"
+
+
+class CostsSpec(_Strict):
+    """Transaction and holding costs (see :class:`mpo.costs.CostModel`)."""
+
+    half_spread: Annotated[float, Field(ge=0, le=0.1)] = 0.002
+    impact: Annotated[float, Field(ge=0, le=100)] = 1.0
+    sigma_span: Annotated[float, Field(ge=1)] = 10.0
+    volume_span: Annotated[float, Field(ge=1)] = 10.0
+    short_fee: Annotated[float, Field(ge=0, le=100)] = 0.0
+
+
+class ForecastSpec(_Strict):
+    """Returns forecaster."""
+
+    kind: Literal["rolling_mean", "ewma_mean", "linear_regression"] = "rolling_mean"
+    lookback: Annotated[int, Field(ge=2)] = 504
+    halflife: Annotated[float, Field(ge=1)] = 126.0
+    ridge: NonNeg = 1e-6
+
+
+class RiskSpec(_Strict):
+    """Risk model: rolling full covariance, or its PCA factor model."""
+
+    kind: Literal["full", "factor"] = "full"
+    lookback: Annotated[int, Field(ge=2)] = 504
+    factors: PositiveInt = 5
+
+
+class ObjectiveSpec(_Strict):
+    """Trade-off multipliers and planning horizon."""
+
+    gamma_risk: NonNeg = 5.0
+    gamma_trade: NonNeg = 1.0
+    gamma_hold: NonNeg = 1.0
+    planning_horizon: Annotated[int, Field(ge=1, le=60)] = 1
+
+
+class ConstraintsSpec(_Strict):
+    """Hard constraints of the optimisation policies."""
+
+    long_only: bool = True
+    min_weight: Annotated[float, Field(ge=-1, le=1)] | None = None
+    max_weight: Annotated[float, Field(gt=0, le=1)] | None = None
+    leverage: Annotated[float, Field(gt=0)] | None = 1.0
+    turnover: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="cvxportfolio TurnoverLimit: sum|z| / 2 per period."
+    )
+    fully_invested: bool = False
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ConstraintsSpec:
+        if (
+            self.min_weight is not None
+            and self.max_weight is not None
+            and self.min_weight > self.max_weight
+        ):
+            raise ValueError(
+                f"min_weight must be <= max_weight, got min_weight={self.min_weight}, "
+                f"max_weight={self.max_weight}."
+            )
+        return self
+
+
+class PolicySpec(_Strict):
+    """A complete policy specification."""
+
+    name: str
+    kind: Literal["hold", "equal_weight", "spo", "mpo"]
+    description: str = ""
+    rebalance_every: PositiveInt = Field(
+        default=21, description="equal_weight: periods between rebalances."
+    )
+    data: DataSpec = DataSpec()
+    backtest: BacktestSpec = BacktestSpec()
+    costs: CostsSpec = CostsSpec()
+    forecast: ForecastSpec = ForecastSpec()
+    risk: RiskSpec = RiskSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+    constraints: ConstraintsSpec = ConstraintsSpec()
+
+    @model_validator(mode="after")
+    def _horizon(self) -> PolicySpec:
+        if self.kind == "spo" and self.objective.planning_horizon != 1:
+            raise ValueError(
+                f"kind='spo' has planning_horizon 1, got {self.objective.planning_horizon}; use "
+                "kind='mpo' for a multi-period policy."
+            )
+        return self
+
+    def with_updates(self, **sections: dict) -> PolicySpec:
+        """Copy with some fields of sections replaced (validated), e.g. ``objective={...}``."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            if isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+        return PolicySpec.model_validate(data)
+
+    def history_needed(self) -> int:
+        """Periods of history the forecasters need before the first decision."""
+        from mpo.policies import required_history
+
+        return required_history(self)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid policy spec {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown field {loc!r}; remove it or check its spelling.")
+        else:
+            given = err.get("input")
+            lines.append(f"  - {loc}: {err['msg']} (got {given!r}).")
+    return "\n".join(lines)
+
+
+def parse_spec(data: dict, source: str = "<dict>") -> PolicySpec:
+    """Validate a spec dictionary, raising :class:`SpecError` naming ``source`` and fields."""
+    try:
+        return PolicySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_validation_error(exc, source)) from None
+
+
+def load_spec(path: str | Path) -> PolicySpec:
+    """Load and validate a TOML policy spec."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"policy spec {str(path)!r} does not exist; see the files in policies/.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"policy spec {str(path)!r} is not valid TOML: {exc}.") from None
+    return parse_spec(data, source=repr(str(path)))
