@@ -57,6 +57,10 @@ class BacktestSpec(_Strict):
     initial_value: Annotated[float, Field(gt=0)] = 1e6
     initial: Literal["equal", "cash"] = "equal"
     solver: str = "CLARABEL"
+    solver_options: dict[str, float | int | bool | str] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for cvxpy's solve (e.g. CLARABEL's tol_gap_rel).",
+    )
 
 
 class CostsSpec(_Strict):

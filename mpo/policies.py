@@ -129,7 +129,7 @@ def build_policy(
         target = pd.Series(1.0 / len(universe), index=list(universe))
         return _EqualWeight(target, trading_calendar[:: spec.rebalance_every])
     n = len(universe)
-    kwargs = {"solver": spec.backtest.solver}
+    kwargs = {"solver": spec.backtest.solver, **spec.backtest.solver_options}
     if n >= IGNORE_DPP_FROM:
         kwargs["ignore_dpp"] = True
     return cvx.MultiPeriodOptimization(

@@ -1,0 +1,211 @@
+"""The ``mpo`` command line (typer). Only this module and scripts print."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small solves: threads cost ~2.5x on 2 cores
+
+import pandas as pd  # noqa: E402
+import typer  # noqa: E402
+
+from mpo.errors import MpoError  # noqa: E402
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Portfolio backtests: Hold, equal weight, SPO and MPO (Boyd et al. 2017) in cvxportfolio.",
+)
+
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="sp20 | dow30-2014 | synthetic | files:DIR | yfinance (default: the spec's [data]).",
+    ),
+]
+TickersOpt = Annotated[
+    str | None, typer.Option("--tickers", help="Comma-separated tickers (required for yfinance).")
+]
+StartOpt = Annotated[str | None, typer.Option("--start", help="First date of data to load.")]
+EndOpt = Annotated[str | None, typer.Option("--end", help="Last date of data to load.")]
+BtStartOpt = Annotated[
+    str | None, typer.Option("--backtest-start", help="First trading date of the backtest.")
+]
+BtEndOpt = Annotated[str | None, typer.Option("--backtest-end", help="Last date of the backtest.")]
+AdvOpt = Annotated[
+    float | None,
+    typer.Option("--adv", help="Assumed average daily dollar volume, for data without volumes."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (synthetic data, bootstrap CIs).")]
+QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+
+_PCT = ("annual_return", "annual_volatility", "max_drawdown", "spread_cost", "impact_cost",
+        "holding_cost")
+_COLUMNS = {
+    "annual_return": "return",
+    "annual_volatility": "vol",
+    "sharpe": "Sharpe",
+    "sharpe_ci": "Sharpe 95% CI",
+    "sortino": "Sortino",
+    "max_drawdown": "max DD",
+    "annual_turnover": "turnover/yr",
+    "spread_cost": "spread/yr",
+    "impact_cost": "impact/yr",
+    "sharpe_vs_hold": "dSharpe vs Hold",
+    "vs_hold_ci": "dSharpe 95% CI",
+    "ms_per_period": "ms/period",
+}
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Human-readable metrics table (percentages, CIs in brackets)."""
+    t = table.copy()
+    out = pd.DataFrame(index=t.index)
+    for col in _COLUMNS:
+        if col == "sharpe_ci":
+            out[_COLUMNS[col]] = [
+                f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(t["sharpe_ci_low"], t["sharpe_ci_high"])
+            ]
+        elif col == "vs_hold_ci":
+            if "sharpe_vs_hold_ci_low" not in t:
+                continue
+            out[_COLUMNS[col]] = [
+                "" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
+                for lo, hi in zip(t["sharpe_vs_hold_ci_low"], t["sharpe_vs_hold_ci_high"])
+            ]
+        elif col in t:
+            vals = t[col]
+            if col in _PCT:
+                out[_COLUMNS[col]] = [f"{v:.2%}" for v in vals]
+            elif col == "annual_turnover":
+                out[_COLUMNS[col]] = [f"{v:.2f}x" for v in vals]
+            elif col == "ms_per_period":
+                out[_COLUMNS[col]] = [f"{v:.1f}" for v in vals]
+            else:
+                out[_COLUMNS[col]] = ["" if pd.isna(v) else f"{v:+.2f}" for v in vals]
+    return out.to_string()
+
+
+def _run(
+    spec_paths: list[Path],
+    data: str | None,
+    tickers: str | None,
+    start: str | None,
+    end: str | None,
+    backtest_start: str | None,
+    backtest_end: str | None,
+    adv: float | None,
+    out: Path,
+    seed: int,
+    no_progress: bool,
+) -> None:
+    from mpo.backtest import run_backtests
+    from mpo.config import load_spec
+    from mpo.data.sources import load_market_data
+
+    specs = [load_spec(p) for p in spec_paths]
+    ref = specs[0]
+    custom_data = data is not None and data != ref.data.source
+    source = data or ref.data.source
+    ticker_list = [t.strip() for t in tickers.split(",") if t.strip()] if tickers else None
+    market = load_market_data(
+        source,
+        tickers=ticker_list or (None if custom_data else ref.data.tickers),
+        start=start or (None if custom_data else ref.data.start),
+        end=end or (None if custom_data else ref.data.end),
+        adv=adv or ref.data.adv,
+        seed=seed,
+    )
+    if custom_data:
+        typer.echo(
+            f"note: --data {source} replaces the specs' default data; their backtest window is "
+            "ignored (the backtest starts as soon as every policy has enough history)."
+        )
+    bt_start = backtest_start or (None if custom_data else ref.backtest.start)
+    bt_end = backtest_end or (None if custom_data else ref.backtest.end)
+    d = market.describe()
+    typer.echo(
+        f"data: {d['name']}, {len(d['tickers'])} assets, {d['start']} to {d['end']} "
+        f"({d['periods']} periods), fingerprint {d['fingerprint']}"
+    )
+    typer.echo(market.volume_note)
+    costs = ref.costs
+    typer.echo(
+        f"costs: half-spread {costs.half_spread * 1e4:.1f} bps, impact b={costs.impact:g} "
+        f"(sigma/volume EWM spans {costs.sigma_span:g}/{costs.volume_span:g}), "
+        f"short fee {costs.short_fee:g}%/yr"
+    )
+    run = run_backtests(
+        specs, market, start=bt_start, end=bt_end, progress=not no_progress, seed=seed
+    )
+    typer.echo(f"backtest: {run.start.date()} to {run.end.date()}\n")
+    typer.echo(format_table(run.table()))
+    stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
+    name = "-".join(s.name for s in specs)[:60]
+    run_dir = run.save(out / f"{stamp}-{name}")
+    typer.echo(f"\nresults written to {run_dir}")
+
+
+def _guard(fn, *args) -> None:
+    try:
+        fn(*args)
+    except MpoError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log at INFO level.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+
+
+@app.command()
+def backtest(
+    spec: Annotated[Path, typer.Argument(help="Policy spec (TOML), e.g. policies/mpo.toml.")],
+    data: DataOpt = None,
+    tickers: TickersOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    backtest_start: BtStartOpt = None,
+    backtest_end: BtEndOpt = None,
+    adv: AdvOpt = None,
+    out: OutOpt = Path("runs"),
+    seed: SeedOpt = 0,
+    no_progress: QuietOpt = False,
+) -> None:
+    """Backtest one policy beside Hold and print the metrics table."""
+    _guard(_run, [spec], data, tickers, start, end, backtest_start, backtest_end, adv, out, seed,
+           no_progress)
+
+
+@app.command()
+def compare(
+    specs: Annotated[list[Path], typer.Argument(help="Policy specs (TOML).")],
+    data: DataOpt = None,
+    tickers: TickersOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    backtest_start: BtStartOpt = None,
+    backtest_end: BtEndOpt = None,
+    adv: AdvOpt = None,
+    out: OutOpt = Path("runs"),
+    seed: SeedOpt = 0,
+    no_progress: QuietOpt = False,
+) -> None:
+    """Backtest several policies (and Hold) on the same market; one table."""
+    _guard(_run, list(specs), data, tickers, start, end, backtest_start, backtest_end, adv, out,
+           seed, no_progress)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
