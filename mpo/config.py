@@ -159,7 +159,7 @@ class PolicySpec(_Strict):
                 data[section] = {**data[section], **values}
             else:
                 data[section] = values
-        return PolicySpec.model_validate(data)
+        return parse_spec(data, source=f"{self.name!r} with updates {sections}")
 
     def history_needed(self) -> int:
         """Periods of history the forecasters need before the first decision."""
