@@ -125,7 +125,7 @@ class _Progress(cvx.policies.Policy):
         self.policy = policy
         self._bar = bar
 
-    def values_in_time(self, **kwargs):  # noqa: D102
+    def values_in_time(self, **kwargs):
         self._bar.update(1)
         return self.policy.current_value
 

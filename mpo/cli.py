@@ -9,10 +9,10 @@ from typing import Annotated
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small solves: threads cost ~2.5x on 2 cores
 
-import pandas as pd  # noqa: E402
-import typer  # noqa: E402
+import pandas as pd
+import typer
 
-from mpo.errors import MpoError  # noqa: E402
+from mpo.errors import MpoError
 
 app = typer.Typer(
     add_completion=False,
@@ -44,8 +44,14 @@ OutOpt = Annotated[Path, typer.Option("--out", help="Parent folder of run folder
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (synthetic data, bootstrap CIs).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 
-_PCT = ("annual_return", "annual_volatility", "max_drawdown", "spread_cost", "impact_cost",
-        "holding_cost")
+_PCT = (
+    "annual_return",
+    "annual_volatility",
+    "max_drawdown",
+    "spread_cost",
+    "impact_cost",
+    "holding_cost",
+)
 _COLUMNS = {
     "annual_return": "return",
     "annual_volatility": "vol",
@@ -69,14 +75,17 @@ def format_table(table: pd.DataFrame) -> str:
     for col in _COLUMNS:
         if col == "sharpe_ci":
             out[_COLUMNS[col]] = [
-                f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(t["sharpe_ci_low"], t["sharpe_ci_high"])
+                f"[{lo:+.2f}, {hi:+.2f}]"
+                for lo, hi in zip(t["sharpe_ci_low"], t["sharpe_ci_high"], strict=True)
             ]
         elif col == "vs_hold_ci":
             if "sharpe_vs_hold_ci_low" not in t:
                 continue
             out[_COLUMNS[col]] = [
                 "" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
-                for lo, hi in zip(t["sharpe_vs_hold_ci_low"], t["sharpe_vs_hold_ci_high"])
+                for lo, hi in zip(
+                    t["sharpe_vs_hold_ci_low"], t["sharpe_vs_hold_ci_high"], strict=True
+                )
             ]
         elif col in t:
             vals = t[col]
@@ -184,8 +193,20 @@ def backtest(
     no_progress: QuietOpt = False,
 ) -> None:
     """Backtest one policy beside Hold and print the metrics table."""
-    _guard(_run, [spec], data, tickers, start, end, backtest_start, backtest_end, adv, out, seed,
-           no_progress)
+    _guard(
+        _run,
+        [spec],
+        data,
+        tickers,
+        start,
+        end,
+        backtest_start,
+        backtest_end,
+        adv,
+        out,
+        seed,
+        no_progress,
+    )
 
 
 @app.command()
@@ -203,8 +224,20 @@ def compare(
     no_progress: QuietOpt = False,
 ) -> None:
     """Backtest several policies (and Hold) on the same market; one table."""
-    _guard(_run, list(specs), data, tickers, start, end, backtest_start, backtest_end, adv, out,
-           seed, no_progress)
+    _guard(
+        _run,
+        list(specs),
+        data,
+        tickers,
+        start,
+        end,
+        backtest_start,
+        backtest_end,
+        adv,
+        out,
+        seed,
+        no_progress,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,8 +22,19 @@ import pandas as pd
 __all__ = ["atomic_path", "package_versions", "write_json", "write_parquet"]
 
 _PACKAGES = (
-    "mpo", "cvxportfolio", "cvxpy", "clarabel", "numpy", "pandas", "scipy", "torch",
-    "cvxpylayers", "optuna", "yfinance", "skfolio", "scikit-learn",
+    "mpo",
+    "cvxportfolio",
+    "cvxpy",
+    "clarabel",
+    "numpy",
+    "pandas",
+    "scipy",
+    "torch",
+    "cvxpylayers",
+    "optuna",
+    "yfinance",
+    "skfolio",
+    "scikit-learn",
 )
 
 

@@ -148,7 +148,7 @@ class _EqualWeight(cvx.policies.Policy):
         self.target = target
         self.rebalancing_times = pd.DatetimeIndex(rebalancing_times)
 
-    def values_in_time(self, t, current_weights, **kwargs):  # noqa: D102
+    def values_in_time(self, t, current_weights, **kwargs):
         if t in self.rebalancing_times:
             out = pd.Series(0.0, index=current_weights.index)
             out.loc[self.target.index] = self.target.to_numpy()

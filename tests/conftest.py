@@ -71,7 +71,7 @@ def spec_dict(kind: str = "spo", **sections) -> dict:
     return base
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_spec():
     def _make(kind: str = "spo", **sections):
         return parse_spec(spec_dict(kind, **sections))

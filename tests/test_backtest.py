@@ -19,18 +19,16 @@ SHIPPED = sorted(Path(__file__).parents[1].joinpath("policies").glob("*.toml"))
 
 
 @pytest.fixture(scope="module")
-def small_run(market):
-    from tests.conftest import spec_dict
-    from mpo.config import parse_spec
-
+def small_run(market, make_spec):
     costs = {"half_spread": 0.0005, "impact": 1.0, "short_fee": 3.0}
     specs = [
-        parse_spec(spec_dict("equal_weight", rebalance_every=5, costs=costs)),
-        parse_spec(spec_dict("spo", constraints={"turnover": 0.3}, costs=costs)),
-        parse_spec(spec_dict("mpo", costs=costs, constraints={"long_only": False})),
+        make_spec("equal_weight", rebalance_every=5, costs=costs),
+        make_spec("spo", constraints={"turnover": 0.3}, costs=costs),
+        make_spec("mpo", costs=costs, constraints={"long_only": False}),
     ]
-    return run_backtests(specs, market, start=market.calendar[100], end=market.calendar[160],
-                         progress=False)
+    return run_backtests(
+        specs, market, start=market.calendar[100], end=market.calendar[160], progress=False
+    )
 
 
 def test_costs_reconcile_every_period(small_run):
@@ -68,7 +66,9 @@ def test_metrics_table_has_hold_reference(small_run):
     assert np.isnan(table.loc["hold", "sharpe_vs_hold"])
     for name in ("spo", "mpo"):
         row = table.loc[name]
-        assert row["sharpe_vs_hold_ci_low"] <= row["sharpe_vs_hold"] <= row["sharpe_vs_hold_ci_high"]
+        assert (
+            row["sharpe_vs_hold_ci_low"] <= row["sharpe_vs_hold"] <= row["sharpe_vs_hold_ci_high"]
+        )
         assert row["sharpe_ci_low"] <= row["sharpe"] <= row["sharpe_ci_high"]
 
 
@@ -92,7 +92,9 @@ def _perturb_after(market: MarketData, t_star: pd.Timestamp, seed: int = 7) -> M
     if market.prices is not None:
         prices = market.prices.copy()
         after = prices.index > t_star
-        prices.loc[after] = prices.loc[after] * rng.uniform(0.5, 1.5, size=(after.sum(), r.shape[1]))
+        prices.loc[after] = prices.loc[after] * rng.uniform(
+            0.5, 1.5, size=(after.sum(), r.shape[1])
+        )
     vols = None
     if market.volumes is not None:
         vols = market.volumes.copy()
@@ -125,7 +127,9 @@ def test_no_lookahead_shipped_policies(sp_prices):
     end = market.calendar[market.calendar.searchsorted(start) + 30]
     t_star = market.calendar[market.calendar.searchsorted(start) + 15]
     run_a = run_backtests(specs, market, start=start, end=end, progress=False)
-    run_b = run_backtests(specs, _perturb_after(market, t_star), start=start, end=end, progress=False)
+    run_b = run_backtests(
+        specs, _perturb_after(market, t_star), start=start, end=end, progress=False
+    )
     _assert_same_decisions_until(run_a, run_b, t_star)
 
 
@@ -133,19 +137,27 @@ def test_no_lookahead_with_volumes_and_regression(market, make_spec):
     """Observed volumes and the per-step regression forecaster do not peek either."""
     specs = [
         make_spec("mpo", forecast={"kind": "linear_regression", "lookback": 60}),
-        make_spec("spo", name="spo_factor", forecast={"kind": "ewma_mean", "halflife": 20},
-                  risk={"kind": "factor", "factors": 2}),
+        make_spec(
+            "spo",
+            name="spo_factor",
+            forecast={"kind": "ewma_mean", "halflife": 20},
+            risk={"kind": "factor", "factors": 2},
+        ),
         make_spec("equal_weight", rebalance_every=3),
     ]
     start, end = market.calendar[120], market.calendar[150]
     t_star = market.calendar[135]
     run_a = run_backtests(specs, market, start=start, end=end, progress=False)
-    run_b = run_backtests(specs, _perturb_after(market, t_star), start=start, end=end, progress=False)
+    run_b = run_backtests(
+        specs, _perturb_after(market, t_star), start=start, end=end, progress=False
+    )
     _assert_same_decisions_until(run_a, run_b, t_star)
 
 
 def test_start_without_enough_history_is_rejected(market, make_spec):
-    with pytest.raises(DataError, match=r"leaves 20 periods of history but policy .spo. needs 61") as info:
+    with pytest.raises(
+        DataError, match=r"leaves 20 periods of history but policy .spo. needs 61"
+    ) as info:
         run_backtests([make_spec("spo")], market, start=market.calendar[20], progress=False)
     assert "earliest possible start" in str(info.value)
 
@@ -169,5 +181,6 @@ def test_infeasible_constraints_get_specific_error(market, make_spec):
 
     spec = make_spec("spo", constraints={"min_weight": 0.2, "max_weight": 0.3})  # 8 * 0.2 > 1
     with pytest.raises(InfeasibleError, match="spo"):
-        run_backtests([spec], market, start=market.calendar[100], end=market.calendar[105],
-                      progress=False)
+        run_backtests(
+            [spec], market, start=market.calendar[100], end=market.calendar[105], progress=False
+        )

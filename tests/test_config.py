@@ -37,12 +37,12 @@ def test_unknown_key_names_file_and_field(tmp_path):
 @pytest.mark.parametrize(
     "body, field",
     [
-        ('[objective]\ngamma_risk = -1\n', "objective.gamma_risk"),
-        ('[objective]\nplanning_horizon = 0\n', "objective.planning_horizon"),
-        ('[costs]\nhalf_spread = 0.5\n', "costs.half_spread"),
-        ('[constraints]\nmin_weight = 0.5\nmax_weight = 0.1\n', "min_weight must be <= max_weight"),
+        ("[objective]\ngamma_risk = -1\n", "objective.gamma_risk"),
+        ("[objective]\nplanning_horizon = 0\n", "objective.planning_horizon"),
+        ("[costs]\nhalf_spread = 0.5\n", "costs.half_spread"),
+        ("[constraints]\nmin_weight = 0.5\nmax_weight = 0.1\n", "min_weight must be <= max_weight"),
         ('[forecast]\nkind = "oracle"\n', "forecast.kind"),
-        ('[risk]\nlookback = 1\n', "risk.lookback"),
+        ("[risk]\nlookback = 1\n", "risk.lookback"),
     ],
 )
 def test_out_of_range_values(tmp_path, body, field):

@@ -71,7 +71,12 @@ def _reference(spec, market, t_pos, h, mus):
         first = w if first is None else first
         w_prev = w
     cp.Problem(cp.Maximize(objective), constraints).solve(
-        solver="CLARABEL", tol_gap_abs=1e-9, tol_gap_rel=1e-9, tol_feas=1e-9
+        solver="CLARABEL",
+        tol_gap_abs=1e-9,
+        tol_gap_rel=1e-9,
+        tol_feas=1e-9,
+        tol_ktratio=1e-7,
+        max_iter=500,
     )
     return first.value
 

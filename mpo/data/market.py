@@ -67,8 +67,23 @@ def _check_index(index: pd.Index, what: str) -> None:
         )
 
 
+def _numeric(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``frame`` as float64; a non-numeric cell is a DataError naming ticker, date and value."""
+    try:
+        return frame.astype(float)
+    except (TypeError, ValueError):
+        pass
+    num = frame.apply(pd.to_numeric, errors="coerce")
+    bad = num.isna().to_numpy() & frame.notna().to_numpy()
+    ticker, date, count = _first_bad(frame, bad)
+    raise DataError(
+        f"{what} has {count} non-numeric value(s); first: {frame.loc[date, ticker]!r} for ticker "
+        f"{ticker!r} on {date.date()}. Clean the file (numbers only, empty for missing)."
+    )
+
+
 def _check_values(frame: pd.DataFrame, what: str, positive: bool = False) -> None:
-    values = frame.to_numpy(dtype=float)
+    values = _numeric(frame, what).to_numpy()
     nonfinite = ~np.isfinite(values)
     if nonfinite.any():
         ticker, date, count = _first_bad(frame, nonfinite)
@@ -354,7 +369,7 @@ class MarketData:
                 h.update(b"none")
                 continue
             h.update(np.ascontiguousarray(frame.to_numpy(dtype=np.float64)).tobytes())
-            h.update(np.ascontiguousarray(frame.index.asi8).tobytes())
+            h.update(np.ascontiguousarray(frame.index.as_unit("ns").asi8).tobytes())
             h.update("|".join(map(str, frame.columns)).encode())
         h.update(repr(self.adv).encode())
         return h.hexdigest()[:16]
@@ -419,12 +434,13 @@ class MarketData:
         Prices are validated, gaps of at most ``max_ffill`` periods forward-filled,
         forward returns computed, and the last date (whose return is unknown)
         dropped. ``volumes_in_shares=True`` converts share volumes to dollars with
-        the same-date price. Missing volumes are filled with 0 only where the
-        price was carried forward (no trading), otherwise they are an error.
+        the same-date price. Missing or zero volumes are replaced by the previous
+        period's volume for at most ``max_ffill`` consecutive periods (the same
+        gap policy as prices); longer runs and negative volumes are errors.
         """
         _check_index(prices.index, "prices")
         _check_columns(prices, "prices")
-        prices = prices.astype(float)
+        prices = _numeric(prices, "prices")
         inf = np.isinf(prices.to_numpy())
         if inf.any():
             ticker, date, count = _first_bad(prices, inf)
@@ -447,7 +463,14 @@ class MarketData:
             missing_t = sorted(set(prices.columns) - set(volumes.columns))
             if missing_t:
                 raise DataError(f"volumes lack ticker(s) {missing_t} that prices have.")
-            vols = volumes[list(prices.columns)].reindex(rets.index).astype(float)
+            vols = _numeric(volumes[list(prices.columns)], "volumes").reindex(rets.index)
+            negative = (vols < 0).to_numpy()
+            if negative.any():
+                ticker, date, count = _first_bad(vols, negative)
+                raise DataError(
+                    f"volumes has {count} negative value(s); first {ticker!r} on {date.date()} = "
+                    f"{vols.loc[date, ticker]!r}. Volumes must be >= 0."
+                )
             if volumes_in_shares:
                 vols = vols * filled.loc[rets.index]
             vols = vols.fillna(0.0)

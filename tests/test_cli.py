@@ -1,0 +1,84 @@
+"""The ``mpo`` command line, as the README uses it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mpo.cli import app
+
+ROOT = Path(__file__).parents[1]
+runner = CliRunner()
+
+
+def _readme_compare_specs() -> list[str]:
+    """The spec files named by the README's main command."""
+    text = (ROOT / "scripts" / "setup_and_run.sh").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("mpo compare"))
+    return [tok for tok in line.split() if tok.endswith(".toml")]
+
+
+def test_readme_main_job_short_window(tmp_path):
+    specs = _readme_compare_specs()
+    assert len(specs) == 4
+    result = runner.invoke(
+        app,
+        [
+            "compare",
+            *specs,
+            "--backtest-start",
+            "2022-10-03",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "ASSUMED constant average daily volume" in out  # sp20 has no volumes: stated
+    for name in ("hold", "equal_weight", "spo", "mpo"):
+        assert re.search(rf"^{name}\s", out, flags=re.M), out
+    (run_dir,) = tmp_path.iterdir()
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert set(meta["metrics"]) == {"hold", "equal_weight", "spo", "mpo"}
+    assert meta["window"]["start"] == "2022-10-03"
+
+
+def test_backtest_on_dow30_with_observed_volumes(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "backtest",
+            str(ROOT / "policies" / "equal_weight.toml"),
+            "--data",
+            "dow30-2014",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "observed dollar volumes" in result.output
+    assert "replaces the specs' default data" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["backtest", "policies/nope.toml"], "does not exist"),
+        (["backtest", "policies/spo.toml", "--data", "nasdaq"], "sp20"),
+        (["backtest", "policies/spo.toml", "--tickers", "AAPL,ZZZZ"], "ZZZZ"),
+        (["backtest", "policies/spo.toml", "--backtest-start", "2016-02-01"], "history"),
+    ],
+)
+def test_bad_input_exits_with_specific_message(args, message, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and message in result.output
