@@ -161,12 +161,6 @@ class PolicySpec(_Strict):
                 data[section] = values
         return parse_spec(data, source=f"{self.name!r} with updates {sections}")
 
-    def history_needed(self) -> int:
-        """Periods of history the forecasters need before the first decision."""
-        from mpo.policies import required_history
-
-        return required_history(self)
-
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"invalid policy spec {source}:"]

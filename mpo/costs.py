@@ -154,9 +154,9 @@ class CostModel:
                 raise SpecError(f"costs.{name} must be >= 1 period, got {name}={value!r}.")
 
     @property
-    def lookback(self) -> int:
-        """Periods of history the estimates effectively use."""
-        return int(np.ceil(_TRUNCATE_SPANS * max(self.sigma_span, self.volume_span)))
+    def min_history(self) -> int:
+        """Periods of history before the EWM volatility/volume estimates are meaningful."""
+        return int(np.ceil(max(self.sigma_span, self.volume_span))) + 2
 
     # fresh objects every call: cvxportfolio estimators hold per-backtest state
     def spread(self) -> SpreadCost | None:

@@ -51,9 +51,23 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+        _fsync_directory(target.parent)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist the rename itself (POSIX); skipped where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_json(obj: Any, target: str | Path) -> None:
@@ -73,12 +87,14 @@ def write_parquet(frame: pd.DataFrame | pd.Series, target: str | Path) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
+    if hasattr(obj, "item"):  # numpy scalars
         return obj.item()
-    if hasattr(obj, "isoformat"):
+    if hasattr(obj, "isoformat"):  # timestamps, dates
         return obj.isoformat()
-    if isinstance(obj, Path | set | tuple):
-        return str(obj) if isinstance(obj, Path) else list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, set | tuple):
+        return list(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

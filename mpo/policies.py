@@ -69,7 +69,7 @@ def risk_model(spec: PolicySpec):
 
 def required_history(spec: PolicySpec) -> int:
     """Periods of data needed before the first decision of this spec."""
-    need = cost_model(spec).lookback // 10 + 2  # EWM estimates: a few spans at least
+    need = cost_model(spec).min_history
     if spec.kind in ("spo", "mpo"):
         f = forecaster(spec)
         need = max(need, f.history() + spec.objective.planning_horizon, spec.risk.lookback)

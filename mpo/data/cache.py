@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +23,8 @@ from urllib.parse import quote
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mpo.io import atomic_path
 
 __all__ = ["CachedHistory", "PriceCache", "DEFAULT_CACHE_DIR"]
 
@@ -115,36 +116,7 @@ class PriceCache:
             {**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()}
         )
         final = self.path(ticker)
-        _atomic_write_table(table, final)
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp)
         logger.debug("cached %d row(s) of %r in %s.", len(frame), ticker, final)
         return final
-
-
-def _atomic_write_table(table: pa.Table, final: Path) -> None:
-    """Write ``table`` to a temporary file next to ``final``, fsync, then ``os.replace``."""
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(final.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist the rename itself (POSIX); silently skipped where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -10,7 +10,6 @@ import pytest
 import yfinance
 
 from mpo.data import MarketData, PriceCache, download_prices, load_yfinance, parse_download
-from mpo.data import cache as cache_module
 from mpo.errors import DataError, DownloadError
 
 from .conftest import SCENARIOS, FakeYahoo, NetworkDisabled, recorded, recorded_history
@@ -268,7 +267,9 @@ def test_interrupted_cache_write_keeps_old_file(fake_yahoo, cache_dir, monkeypat
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cache_module.os, "replace", crash)
+    import mpo.io
+
+    monkeypatch.setattr(mpo.io.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         get(["AAPL"], START, END, cache_dir=cache_dir)
     assert (cache_dir / "AAPL.parquet").read_bytes() == before
