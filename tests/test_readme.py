@@ -14,7 +14,7 @@ def test_readme_python_blocks_run(monkeypatch, capsys):
     monkeypatch.chdir(README.parent)
     for block in blocks:
         namespace: dict = {}
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+        exec(compile(block, str(README), "exec"), namespace)
     out = capsys.readouterr().out
     assert "sharpe_vs_hold" in out and "spo" in out
 
