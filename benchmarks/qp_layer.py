@@ -1,0 +1,217 @@
+"""Benchmark the DMPO QP layers: fast torch solver vs cvxpylayers vs a Cholesky floor.
+
+Measures forward and forward+backward wall time for n in {20, 100}, H in {1, 3},
+batch 64 and 256, float64 and float32, and writes a JSON file::
+
+    python benchmarks/qp_layer.py                 # full run
+    python benchmarks/qp_layer.py --quick         # smoke run (seconds)
+
+cvxpylayers is timed on a sub-batch first; when the full batch is predicted to take
+longer than ``--max-ref-seconds`` the full-batch time is extrapolated linearly from the
+sub-batch (marked ``"extrapolated": true`` in the JSON and ``~`` in the table). The
+cvxpylayers solvers work in float64 internally, so their float32 rows reuse the
+float64 timings (marked ``"reused_float64": true``).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mpo.learn.qp import CvxpyLayerQP, QPSpec, solve_qp  # noqa: E402
+from mpo.learn.qp.reference import DIFFCP_CLARABEL  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "qp_layer.json"
+
+
+def make_problem(n: int, horizon: int, batch: int, dtype: torch.dtype, seed: int = 0):
+    """Random full-factor instance with a binding-ish turnover limit."""
+    rng = np.random.default_rng(seed)
+    spec = QPSpec(n=n, horizon=horizon, gamma=0.002, eps=1e-6)
+    mu = torch.tensor(0.01 * rng.standard_normal((batch, horizon, n)), dtype=dtype)
+    L = torch.tensor(0.1 * rng.standard_normal((batch, horizon, n, n)) / np.sqrt(n), dtype=dtype)
+    w_prev = torch.tensor(rng.dirichlet(np.ones(n), size=batch), dtype=dtype)
+    delta = torch.full((batch,), 0.3, dtype=dtype)
+    return spec, mu, L, w_prev, delta
+
+
+def _time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _fwd_bwd(layer, mu, L, w_prev, delta) -> None:
+    mu = mu.clone().requires_grad_()
+    L = L.clone().requires_grad_()
+    w = layer(mu, L, w_prev, delta)
+    w[:, 0].sum().backward()
+
+
+def time_fast(problem, repeats: int) -> dict:
+    spec, mu, L, w_prev, delta = problem
+
+    def fwd():
+        with torch.no_grad():
+            solve_qp(spec, mu, L, w_prev, delta)
+
+    fwd()  # warm-up
+    layer = lambda *a: solve_qp(spec, *a)  # noqa: E731
+    return {
+        "fwd": _time(fwd, repeats),
+        "fwd_bwd": _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta), repeats),
+    }
+
+
+def time_floor(problem, repeats: int) -> dict:
+    _, _, L, _, _ = problem
+    S = L[:, 0] @ L[:, 0].mT + torch.eye(L.shape[-1], dtype=L.dtype)
+    torch.linalg.cholesky(S)
+    t = _time(lambda: torch.linalg.cholesky(S), max(repeats, 5))
+    return {"fwd": t, "fwd_bwd": t}
+
+
+def time_cvxpylayers(problem, solver_args: dict, max_seconds: float, sub: int) -> dict:
+    spec, mu, L, w_prev, delta = (x.double() if torch.is_tensor(x) else x for x in problem)
+    layer = CvxpyLayerQP(spec, shared_factor=False, turnover=True, solver_args=solver_args)
+    B = mu.shape[0]
+    part = slice(0, min(sub, B))
+    args_sub = (mu[part], L[part], w_prev[part], delta[part])
+    with torch.no_grad():
+        t_fwd_sub = _time(lambda: layer(*args_sub), 1)
+    t_bwd_sub = _time(lambda: _fwd_bwd(layer, *args_sub), 1)
+    scale = B / args_sub[0].shape[0]
+    if t_bwd_sub * scale <= max_seconds:
+        with torch.no_grad():
+            t_fwd = _time(lambda: layer(mu, L, w_prev, delta), 1)
+        t_bwd = _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta), 1)
+        return {"fwd": t_fwd, "fwd_bwd": t_bwd, "extrapolated": False}
+    return {
+        "fwd": t_fwd_sub * scale,
+        "fwd_bwd": t_bwd_sub * scale,
+        "extrapolated": True,
+        "sub_batch": args_sub[0].shape[0],
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(1)
+    if args.quick:
+        grid = [(20, 1, 64, torch.float64), (20, 1, 64, torch.float32)]
+        repeats = 2
+    else:
+        grid = [
+            (n, H, B, dt)
+            for n in (20, 100)
+            for H in (1, 3)
+            for B in (64, 256)
+            for dt in (torch.float64, torch.float32)
+        ]
+        repeats = args.repeats
+    refs: dict[tuple, dict] = {}
+    rows = []
+    for n, H, B, dt in grid:
+        problem = make_problem(n, H, B, dt)
+        row = {"n": n, "H": H, "batch": B, "dtype": str(dt).replace("torch.", "")}
+        row["fast"] = time_fast(problem, repeats)
+        row["cholesky_floor"] = time_floor(problem, repeats)
+        key = (n, H, B)
+        if key not in refs:
+            refs[key] = {
+                "cvxpylayers_default": time_cvxpylayers(
+                    problem, {}, args.max_ref_seconds, args.sub_batch
+                ),
+                "cvxpylayers_clarabel": time_cvxpylayers(
+                    problem, dict(DIFFCP_CLARABEL), args.max_ref_seconds, args.sub_batch
+                ),
+            }
+            row.update(refs[key])
+        else:
+            for name, val in refs[key].items():
+                row[name] = {**val, "reused_float64": True}
+        fb = row["fast"]["fwd_bwd"]
+        row["ratios"] = {
+            "default_over_fast_fwd_bwd": row["cvxpylayers_default"]["fwd_bwd"] / fb,
+            "clarabel_over_fast_fwd_bwd": row["cvxpylayers_clarabel"]["fwd_bwd"] / fb,
+            "fast_fwd_bwd_over_floor": fb / row["cholesky_floor"]["fwd"],
+            "default_over_fast_fwd": row["cvxpylayers_default"]["fwd"] / row["fast"]["fwd"],
+            "clarabel_over_fast_fwd": row["cvxpylayers_clarabel"]["fwd"] / row["fast"]["fwd"],
+        }
+        rows.append(row)
+        print(_format_row(row), flush=True)
+    return rows
+
+
+def _fmt(entry: dict, key: str) -> str:
+    mark = "~" if entry.get("extrapolated") else " "
+    return f"{mark}{entry[key]:8.4f}"
+
+
+HEADER = (
+    f"{'n':>4} {'H':>2} {'B':>4} {'dtype':>8} | {'fast fwd':>9} {'fast f+b':>9} | "
+    f"{'cvxl fwd':>9} {'cvxl f+b':>9} | {'clar fwd':>9} {'clar f+b':>9} | {'chol':>8} | "
+    f"{'def/fast':>8} {'clar/fast':>9} {'fast/chol':>9}"
+)
+
+
+def _format_row(row: dict) -> str:
+    r = row["ratios"]
+    return (
+        f"{row['n']:>4} {row['H']:>2} {row['batch']:>4} {row['dtype']:>8} | "
+        f"{_fmt(row['fast'], 'fwd')} {_fmt(row['fast'], 'fwd_bwd')} | "
+        f"{_fmt(row['cvxpylayers_default'], 'fwd')} {_fmt(row['cvxpylayers_default'], 'fwd_bwd')} | "
+        f"{_fmt(row['cvxpylayers_clarabel'], 'fwd')} "
+        f"{_fmt(row['cvxpylayers_clarabel'], 'fwd_bwd')} | "
+        f"{row['cholesky_floor']['fwd']:8.5f} | {r['default_over_fast_fwd_bwd']:8.1f} "
+        f"{r['clarabel_over_fast_fwd_bwd']:9.1f} {r['fast_fwd_bwd_over_floor']:9.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
+    parser.add_argument("--repeats", type=int, default=5, help="repetitions of fast timings")
+    parser.add_argument(
+        "--max-ref-seconds",
+        type=float,
+        default=30.0,
+        help="extrapolate cvxpylayers from a sub-batch beyond this time",
+    )
+    parser.add_argument(
+        "--sub-batch", type=int, default=16, help="sub-batch size for the cvxpylayers estimate"
+    )
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    print("times in seconds; ~ = extrapolated from a sub-batch; single thread", flush=True)
+    print(HEADER, flush=True)
+    rows = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "max_ref_seconds": args.max_ref_seconds,
+        "problem": "full n x n factor, eps=1e-6, gamma=0.002, delta=0.3, no cap, seed 0",
+    }
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,296 @@
+"""Active-set identification, exact polishing and implicit differentiation.
+
+At the interior-point solution every inequality is classified as active or not:
+``w_{tau,i} = 0``, ``w_{tau,i} = w_max``, L1 kinks ``w_{tau,i} = w_{tau-1,i}`` (both
+epigraph constraints active) and the turnover limit. Weights joined by kinks form
+*runs*; a run containing a bound, or tied to ``w_prev``, is fixed, every other run is
+one free variable. On that active set the QP is an equality-constrained QP in the run
+variables ``y``,
+
+    [R  A'] [y ]   [r]        R = P' blockdiag(Sigma_tau) P,   w = c + P y,
+    [A  0 ] [nu] = [e],
+
+with the ``H`` budget rows and the turnover row in ``A``. Its solution is the exact
+optimum when the active set is right (checked through the KKT conditions), and the
+same factorisation gives the adjoint solve of the backward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ActiveSet", "ReducedKKT", "identify_active_set"]
+
+
+@dataclass
+class ActiveSet:
+    """Boolean masks ``(B, H, n)`` (``turnover``: ``(B,)``) and L1 signs of the optimum."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    kink: torch.Tensor
+    sign: torch.Tensor
+    turnover: torch.Tensor
+
+
+def identify_active_set(slack: dict, dual: dict, l1mask: torch.Tensor) -> ActiveSet:
+    """Classify inequalities as active where the multiplier exceeds the slack.
+
+    Slacks and multipliers come from the scaled interior-point problem, in which
+    primal and dual variables are both of order one, so ``z > s`` separates the two
+    branches of complementarity ``s z -> 0``.
+
+    Parameters
+    ----------
+    slack, dual : dict[str, torch.Tensor]
+        As in :class:`mpo.learn.qp.ipm.IPMResult`.
+    l1mask : torch.Tensor
+        ``(B, H, 1)`` float mask of periods that carry an L1 epigraph variable.
+
+    Returns
+    -------
+    ActiveSet
+    """
+    has = l1mask > 0
+    lower = dual["l"] > slack["l"]
+    upper = dual["u"] > slack["u"] if "u" in dual else torch.zeros_like(lower)
+    a = (dual["a"] > slack["a"]) & has
+    b = (dual["b"] > slack["b"]) & has
+    kink = a & b
+    sign = a.to(slack["l"].dtype) - b.to(slack["l"].dtype)
+    sign = torch.where(kink, torch.zeros_like(sign), sign)
+    return ActiveSet(
+        lower=lower & ~upper, upper=upper, kink=kink, sign=sign, turnover=dual["d"] > slack["d"]
+    )
+
+
+def _runs(act: ActiveSet, w_prev: torch.Tensor, w_max: float | None):
+    """Run start index per entry (``-1``: tied to ``w_prev``), fixed mask and values."""
+    B, H, n = act.kink.shape
+    bound = act.lower | act.upper
+    bval = act.upper.to(w_prev.dtype) * (0.0 if w_max is None else w_max)
+    rid = torch.empty(B, H, n, dtype=torch.long, device=w_prev.device)
+    for tau in range(H):
+        here = torch.full_like(rid[:, 0], tau)
+        prev = rid[:, tau - 1] if tau > 0 else torch.full_like(here, -1)
+        rid[:, tau] = torch.where(act.kink[:, tau], prev, here)
+    slot = rid + 1  # 0: the w_prev run
+    run_bound = torch.zeros(B, H + 1, n, dtype=w_prev.dtype, device=w_prev.device)
+    run_bound.scatter_add_(1, slot, bound.to(w_prev.dtype))
+    run_val = torch.zeros_like(run_bound).scatter_add_(1, slot, bval * bound)
+    run_val = run_val / run_bound.clamp(min=1.0)
+    has_bound = torch.gather(run_bound, 1, slot) > 0
+    linked = (rid < 0) & ~has_bound
+    fixed = has_bound | linked
+    c = torch.where(has_bound, torch.gather(run_val, 1, slot), torch.zeros_like(bval))
+    c = torch.where(linked, w_prev.unsqueeze(1).expand(B, H, n), c)
+    return rid, fixed, linked, c
+
+
+class ReducedKKT:
+    """Factorised equality-constrained QP of one active set (batched).
+
+    Parameters
+    ----------
+    Sig : torch.Tensor
+        ``(B, H_S, n, n)`` covariances (unscaled).
+    qlin : torch.Tensor
+        ``(B, H, n)`` linear term ``-lambda mu``.
+    w_prev, gamma, delta : torch.Tensor
+        ``(B, n)``, ``(B,)``, ``(B,)``.
+    w_max : float or None
+        Upper bound.
+    act : ActiveSet
+        The active set.
+    """
+
+    def __init__(
+        self,
+        Sig: torch.Tensor,
+        qlin: torch.Tensor,
+        w_prev: torch.Tensor,
+        gamma: torch.Tensor,
+        delta: torch.Tensor,
+        w_max: float | None,
+        act: ActiveSet,
+    ) -> None:
+        B, H, n = qlin.shape
+        self.shape = (B, H, n)
+        self.Sig, self.act = Sig, act
+        self.rid, self.fixed, self.linked, self.c = _runs(act, w_prev, w_max)
+        free = ~self.fixed
+        # M[tau][:, a] : entries of period tau that belong to the free run starting at a
+        self.M = [
+            torch.stack([(free[:, tau] & (self.rid[:, tau] == a)) for a in range(H)], 1).to(
+                qlin.dtype
+            )
+            for tau in range(H)
+        ]
+        sig = act.sign
+        self.lin = qlin + gamma[:, None, None] * (sig - torch.cat([sig[:, 1:], sig[:, :1] * 0], 1))
+        Sc = self._sig_mul(self.c)
+        r = -self.Pt(self.lin + Sc)
+        R = self._assemble_R()
+        var = torch.stack([self.M[a][:, a] for a in range(H)], 1).reshape(B, H * n)
+        ref = Sig.diagonal(dim1=-2, dim2=-1).mean((1, 2))
+        R.diagonal(dim1=-2, dim2=-1).add_((1.0 - var) * ref[:, None])
+        A = torch.zeros(B, H + 1, H, n, dtype=qlin.dtype, device=qlin.device)
+        for tau in range(H):
+            A[:, tau] = self.M[tau]
+        turn = act.turnover & torch.isfinite(delta)
+        self.turn = turn
+        A[:, H, 0] = sig[:, 0] * self.M[0][:, 0] * turn[:, None].to(qlin.dtype)
+        self.A = A.reshape(B, H + 1, H * n)
+        e = torch.zeros(B, H + 1, dtype=qlin.dtype, device=qlin.device)
+        e[:, :H] = 1.0 - self.c.sum(-1)
+        dfin = torch.where(turn, delta, torch.zeros_like(delta))
+        e[:, H] = torch.where(turn, dfin - (sig[:, 0] * (self.c[:, 0] - w_prev)).sum(-1), 0.0)
+        self.e = e
+        self.chol, info = torch.linalg.cholesky_ex(R)
+        self.failed = info != 0
+        if bool(self.failed.any()):
+            eye = torch.eye(H * n, dtype=R.dtype, device=R.device)
+            self.chol = torch.where(self.failed[:, None, None], eye, self.chol)
+        rhs = torch.cat([r.reshape(B, H * n, 1), self.A.mT], -1)
+        X = torch.cholesky_solve(rhs, self.chol)
+        self.Xr, self.XA = X[..., 0], X[..., 1:]
+        S = self.A @ self.XA
+        self.Spinv = _pinv_psd(S)
+        # Projector onto multipliers that A' maps to zero (empty or dependent rows).
+        eye = torch.eye(H + 1, dtype=S.dtype, device=S.device)
+        self.null_proj = eye - self.Spinv @ S
+        self.nu = self.Spinv @ ((self.A @ self.Xr.unsqueeze(-1)).squeeze(-1) - e).unsqueeze(-1)
+        self.nu = self.nu.squeeze(-1)
+        self.y = self.Xr - (self.XA @ self.nu.unsqueeze(-1)).squeeze(-1)
+        self.w = self.c + self.P(self.y.reshape(B, H, n))
+
+    # ----------------------------------------------------------------- helpers
+    def _sig_mul(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.Sig @ x.unsqueeze(-1)).squeeze(-1)
+
+    def P(self, y: torch.Tensor) -> torch.Tensor:
+        """Map run variables ``(B, H, n)`` to weights ``(B, H, n)`` (without ``c``)."""
+        return torch.stack([(self.M[tau] * y).sum(1) for tau in range(len(self.M))], 1)
+
+    def Pt(self, g: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`P`."""
+        return sum(self.M[tau] * g[:, tau].unsqueeze(1) for tau in range(len(self.M)))
+
+    def _assemble_R(self) -> torch.Tensor:
+        """``R = P' blockdiag(Sigma) P`` written block by block into one buffer."""
+        B, H, n = self.shape
+        R = torch.zeros(B, H, n, H, n, dtype=self.c.dtype, device=self.c.device)
+        for a in range(H):
+            for b in range(a, H):
+                blk = R[:, a, :, b, :]
+                for tau in range(b, H):
+                    S = self.Sig[:, min(tau, self.Sig.shape[1] - 1)]
+                    ma, mb = self.M[tau][:, a], self.M[tau][:, b]
+                    if not (bool(ma.any()) and bool(mb.any())):
+                        continue
+                    blk.addcmul_(S, ma.unsqueeze(-1) * mb.unsqueeze(-2))
+                if b > a:
+                    R[:, b, :, a, :] = blk.mT
+        return R.reshape(B, H * n, H * n)
+
+    # ------------------------------------------------------------------ checks
+    def kkt_ok(
+        self,
+        w_max: float | None,
+        gamma: torch.Tensor,
+        delta: torch.Tensor,
+        w_prev: torch.Tensor,
+        scale: torch.Tensor,
+        ftol: float,
+        dtol: float,
+        nu_fallback: torch.Tensor,
+    ) -> torch.Tensor:
+        """Whether the polished point satisfies the KKT conditions of the full QP.
+
+        Multipliers of budget/turnover rows that are empty or linearly dependent are not
+        determined by the reduced system; their free component is taken from
+        ``nu_fallback`` ``(B, H + 1)`` (the interior-point estimates).
+        """
+        B, H, n = self.shape
+        w, act = self.w, self.act
+        nu = self.nu + (self.null_proj @ (nu_fallback - self.nu).unsqueeze(-1)).squeeze(-1)
+        ok = torch.isfinite(w).all(-1).all(-1) & ~self.failed
+        ok &= (w >= -ftol).all(-1).all(-1)
+        if w_max is not None:
+            ok &= (w <= w_max + ftol).all(-1).all(-1)
+        ok &= ((w.sum(-1) - 1.0).abs() <= ftol).all(-1)
+        d = w - torch.cat([w_prev.unsqueeze(1), w[:, :-1]], 1)
+        ok &= (act.sign * d >= -ftol).all(-1).all(-1)
+        turnover = d[:, 0].abs().sum(-1)
+        ok &= ~torch.isfinite(delta) | (turnover <= delta + ftol)
+        resid = (self.A @ self.y.unsqueeze(-1)).squeeze(-1) - self.e
+        ok &= (resid.abs() <= ftol).all(-1)
+        nu_t = torch.where(self.turn, nu[:, H], torch.zeros_like(nu[:, H]))
+        dt = dtol * scale
+        ok &= nu_t >= -dt
+        g = self._sig_mul(w) + self.lin + nu[:, :H].unsqueeze(-1)
+        g = torch.cat([(g[:, 0] + nu_t.unsqueeze(-1) * act.sign[:, 0]).unsqueeze(1), g[:, 1:]], 1)
+        xi = torch.zeros_like(w_prev)
+        dt_ = dt.unsqueeze(-1)
+        for tau in range(H - 1, -1, -1):
+            rem = xi - g[:, tau]
+            cap = (gamma + (nu_t if tau == 0 else 0.0)).unsqueeze(-1)
+            kink, lo, up = act.kink[:, tau], act.lower[:, tau], act.upper[:, tau]
+            good = torch.where(
+                kink,
+                torch.where(
+                    lo, rem <= cap + dt_, torch.where(up, rem >= -cap - dt_, rem.abs() <= cap + dt_)
+                ),
+                torch.where(lo, rem <= dt_, torch.where(up, rem >= -dt_, rem.abs() <= dt_)),
+            )
+            ok &= good.all(-1)
+            xi_k = torch.where(
+                lo, torch.maximum(rem, -cap), torch.where(up, torch.minimum(rem, cap), rem)
+            )
+            xi = torch.where(kink, xi_k, torch.zeros_like(rem))
+        return ok
+
+    # ---------------------------------------------------------------- adjoint
+    def adjoint(self, gw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adjoint solve: return ``(w_bar, v)`` for an upstream gradient ``gw`` on ``w``.
+
+        ``w_bar = P u`` where ``[u; v] = K^{-1} [P' gw; 0]``.
+        """
+        B, H, n = self.shape
+        yb = self.Pt(gw).reshape(B, H * n, 1)
+        X = torch.cholesky_solve(yb, self.chol).squeeze(-1)
+        v = (self.Spinv @ (self.A @ X.unsqueeze(-1))).squeeze(-1)
+        u = X - (self.XA @ v.unsqueeze(-1)).squeeze(-1)
+        return u.reshape(B, H, n), v
+
+    def pinned(self, rel: float) -> torch.Tensor:
+        """Samples whose first-period weights are fixed by the active constraints alone.
+
+        Uses two deterministic probe directions ``p`` on period one: ``w_1`` is pinned iff
+        ``p' Pi p = 0`` where ``Pi`` is the reduced inverse, compared with ``p' R^-1 p``.
+        """
+        B, H, n = self.shape
+        gen = torch.Generator(device="cpu").manual_seed(12345)
+        probes = torch.rand(2, n, generator=gen, dtype=torch.float64) + 0.5
+        probes = probes.to(dtype=self.c.dtype, device=self.c.device)
+        out = torch.ones(B, dtype=torch.bool, device=self.c.device)
+        for p in probes:
+            gw = torch.zeros(B, H, n, dtype=self.c.dtype, device=self.c.device)
+            gw[:, 0] = p
+            yb = self.Pt(gw).reshape(B, H * n, 1)
+            X = torch.cholesky_solve(yb, self.chol).squeeze(-1)
+            u, _ = self.adjoint(gw)
+            quad = (u.reshape(B, -1) * yb.squeeze(-1)).sum(-1)
+            base = (X * yb.squeeze(-1)).sum(-1)
+            out &= quad <= rel * base
+        return out
+
+
+def _pinv_psd(S: torch.Tensor) -> torch.Tensor:
+    """Pseudo-inverse of small symmetric PSD matrices (drops dependent/empty rows)."""
+    evals, evecs = torch.linalg.eigh(S)
+    cut = evals.amax(-1, keepdim=True).clamp(min=0) * (S.shape[-1] * torch.finfo(S.dtype).eps * 1e3)
+    inv = torch.where(evals > cut, 1.0 / evals.clamp(min=torch.finfo(S.dtype).tiny), 0.0)
+    return (evecs * inv.unsqueeze(-2)) @ evecs.mT

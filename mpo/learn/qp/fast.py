@@ -1,0 +1,271 @@
+"""Fast batched DMPO QP layer: interior point forward, implicit-KKT backward."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from mpo.errors import ConvergenceError
+from mpo.learn.qp.active import ReducedKKT, identify_active_set
+from mpo.learn.qp.ipm import IPMResult, default_tol, ipm_solve
+from mpo.learn.qp.spec import QPInputs, QPSpec, validate_inputs
+
+__all__ = ["QPInfo", "solve_qp", "covariance"]
+
+logger = logging.getLogger(__name__)
+
+# Polish acceptance tolerances: (primal in weight units, dual relative to objective scale)
+_POLISH_TOL = {torch.float64: (1e-9, 1e-8), torch.float32: (1e-5, 1e-4)}
+# Interior-point tolerance at which the first polish is attempted.
+_EARLY_TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
+# Samples whose polish still fails at tol get a last interior-point stage to tol * this.
+_LAST_STAGE = 1e-2
+# Relative threshold of the probe test deciding that w_1 is pinned by the active set.
+_PINNED_REL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+@dataclass
+class QPInfo:
+    """Per-sample diagnostics of one :func:`solve_qp` call (all tensors of shape ``(B,)``).
+
+    Attributes
+    ----------
+    iterations : torch.Tensor
+        Interior-point iterations.
+    primal_residual, dual_residual, gap : torch.Tensor
+        Scaled infinity-norm residuals and mean complementarity at the last iterate.
+    converged : torch.Tensor
+        Interior point converged or the polished point passed the KKT check.
+    polished : torch.Tensor
+        The returned point is the exact active-set solution (KKT check passed).
+    turnover_active : torch.Tensor
+        The turnover limit binds.
+    starved : torch.Tensor
+        The turnover limit binds and the active constraints pin ``w_1`` completely, so
+        ``d w_1 / d mu = 0`` (training signal flows only through ``w_prev`` and ``delta``).
+        All ``False`` when the active-set system was not built (``polish=False``
+        without gradients).
+    """
+
+    iterations: torch.Tensor
+    primal_residual: torch.Tensor
+    dual_residual: torch.Tensor
+    gap: torch.Tensor
+    converged: torch.Tensor
+    polished: torch.Tensor
+    turnover_active: torch.Tensor
+    starved: torch.Tensor
+
+    @property
+    def starved_share(self) -> float:
+        """Share of samples whose gradient w.r.t. ``mu`` is zero because turnover binds."""
+        return float(self.starved.to(torch.float64).mean())
+
+
+def covariance(spec: QPSpec, L: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+    """``Sigma = L L' (+ diag(d)) + eps I`` for ``L`` of shape ``(B, H_L, n, k)``."""
+    Sig = L @ L.mT
+    diag = torch.full(Sig.shape[:-1], spec.eps, dtype=L.dtype, device=L.device)
+    if d is not None:
+        diag = diag + d
+    return Sig + torch.diag_embed(diag)
+
+
+class _DMPOFunction(torch.autograd.Function):
+    """Autograd function; the backward differentiates the KKT conditions of the optimum."""
+
+    @staticmethod
+    def forward(ctx, spec, holder, mu, L, w_prev, delta, gamma, d):
+        ctx.in_dtype = mu.dtype
+        if spec.upcast and mu.dtype != torch.float64:
+            mu, L, w_prev, delta, gamma = (x.double() for x in (mu, L, w_prev, delta, gamma))
+            d = None if d is None else d.double()
+        Sig = covariance(spec, L, d)
+        qlin = -spec.risk_aversion * mu
+        need_kkt = spec.polish or any(ctx.needs_input_grad[2:])
+        res, kkt, polished = _solve(spec, Sig, qlin, w_prev, gamma, delta, need_kkt)
+        B = mu.shape[0]
+        false = torch.zeros(B, dtype=torch.bool, device=mu.device)
+        w, starved, pinned = res.w, false, false
+        if kkt is not None:
+            w = torch.where(polished[:, None, None], kkt.w, res.w)
+            pinned = kkt.pinned(_PINNED_REL[mu.dtype])
+            starved = pinned & kkt.turn
+        converged = res.converged | polished
+        turn = (res.dual["d"] > res.slack["d"]) & torch.isfinite(delta)
+        holder.append(
+            QPInfo(
+                iterations=res.iterations,
+                primal_residual=res.primal_residual,
+                dual_residual=res.dual_residual,
+                gap=res.gap,
+                converged=converged,
+                polished=polished,
+                turnover_active=turn,
+                starved=starved,
+            )
+        )
+        if not bool(converged.all()):
+            bad = torch.nonzero(~converged).flatten().tolist()
+            if spec.on_failure == "raise":
+                raise ConvergenceError(
+                    f"DMPO QP did not converge for {len(bad)} sample(s) {bad[:10]} within "
+                    f"{spec.max_iter} iterations; inspect those inputs (scale of mu, L), raise "
+                    "max_iter, or pass on_failure='nan' to get NaN rows and the info mask."
+                )
+            logger.warning("DMPO QP did not converge for samples %s; returning NaN rows.", bad)
+            w = torch.where(converged[:, None, None], w, torch.full_like(w, float("nan")))
+        ctx.spec, ctx.kkt, ctx.pinned = spec, kkt, pinned
+        ctx.save_for_backward(w, L)
+        ctx.shared = L.shape[1] == 1
+        return w.to(ctx.in_dtype)
+
+    @staticmethod
+    def backward(ctx, gw):
+        w, L = ctx.saved_tensors
+        kkt: ReducedKKT = ctx.kkt
+        spec: QPSpec = ctx.spec
+        gw = gw.to(w.dtype)
+        u, v = kkt.adjoint(gw)
+        u = torch.where(ctx.pinned[:, None, None] & _first_period(u), torch.zeros_like(u), u)
+        wbar = kkt.P(u)
+        H = w.shape[1]
+        g_mu = spec.risk_aversion * wbar if ctx.needs_input_grad[2] else None
+        g_L = g_d = None
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[7]:
+            # dLoss/dSigma_tau = -sym(wbar_tau w_tau')
+            if ctx.needs_input_grad[3]:
+                wl = w.unsqueeze(-2) @ _per_period(L, H)
+                bl = wbar.unsqueeze(-2) @ _per_period(L, H)
+                g_L = -(wbar.unsqueeze(-1) * wl + w.unsqueeze(-1) * bl)
+                if ctx.shared:
+                    g_L = g_L.sum(1, keepdim=True)
+            if ctx.needs_input_grad[7]:
+                g_d = -(wbar * w)
+                if ctx.shared:
+                    g_d = g_d.sum(1, keepdim=True)
+        g_wp = None
+        if ctx.needs_input_grad[4]:
+            Sw = (kkt.Sig @ wbar.unsqueeze(-1)).squeeze(-1)
+            link = kkt.linked.to(w.dtype)
+            g_wp = (link * (gw - Sw - v[:, :H].unsqueeze(-1))).sum(1)
+            g_wp = g_wp + v[:, H].unsqueeze(-1) * kkt.act.sign[:, 0] * kkt.turn[:, None]
+        g_delta = torch.where(kkt.turn, v[:, H], 0.0) if ctx.needs_input_grad[5] else None
+        g_gamma = None
+        if ctx.needs_input_grad[6]:
+            sig = kkt.act.sign
+            dsig = sig - torch.cat([sig[:, 1:], torch.zeros_like(sig[:, :1])], 1)
+            g_gamma = -(wbar * dsig).sum((1, 2))
+        grads = (g_mu, g_L, g_wp, g_delta, g_gamma, g_d)
+        return (None, None, *(None if g is None else g.to(ctx.in_dtype) for g in grads))
+
+
+def _solve(
+    spec: QPSpec,
+    Sig: torch.Tensor,
+    qlin: torch.Tensor,
+    w_prev: torch.Tensor,
+    gamma: torch.Tensor,
+    delta: torch.Tensor,
+    need_kkt: bool,
+) -> tuple[IPMResult, ReducedKKT | None, torch.Tensor]:
+    """Interior point to a loose tolerance, polish, and finish only where polish failed."""
+    tol = spec.tol if spec.tol is not None else default_tol(qlin.dtype)
+    B = qlin.shape[0]
+    if not need_kkt:
+        res = ipm_solve(Sig, qlin, w_prev, gamma, delta, spec.w_max, tol, spec.max_iter)
+        return res, None, torch.zeros(B, dtype=torch.bool, device=qlin.device)
+    stages = [max(tol, _EARLY_TOL[qlin.dtype]), tol, tol * _LAST_STAGE]
+    res = ipm_solve(Sig, qlin, w_prev, gamma, delta, spec.w_max, stages[0], spec.max_iter)
+    kkt, ok = _polish(spec, Sig, qlin, w_prev, gamma, delta, res)
+    for stage_tol in stages[1:]:
+        if bool(ok.all()):
+            break
+        rows = ~ok
+        more = ipm_solve(
+            Sig[rows],
+            qlin[rows],
+            w_prev[rows],
+            gamma[rows],
+            delta[rows],
+            spec.w_max,
+            stage_tol,
+            spec.max_iter,
+            start=res.select(rows),
+        )
+        res = res.merge(more, rows)
+        kkt, ok2 = _polish(spec, Sig, qlin, w_prev, gamma, delta, res)
+        ok = torch.where(rows, ok2, ok)
+    return res, kkt, ok
+
+
+def _polish(spec, Sig, qlin, w_prev, gamma, delta, res: IPMResult):
+    act = identify_active_set(res.slack, res.dual, res.l1mask)
+    kkt = ReducedKKT(Sig, qlin, w_prev, gamma, delta, spec.w_max, act)
+    ftol, dtol = _POLISH_TOL[qlin.dtype]
+    nu_ipm = torch.cat([res.y, res.dual["d"].unsqueeze(-1)], -1) * res.scale[:, None]
+    ok = kkt.kkt_ok(spec.w_max, gamma, delta, w_prev, res.scale, ftol, dtol, nu_ipm)
+    return kkt, ok
+
+
+def _first_period(x: torch.Tensor) -> torch.Tensor:
+    mask = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)
+    mask[0] = True
+    return mask.unsqueeze(0)
+
+
+def _per_period(L: torch.Tensor, H: int) -> torch.Tensor:
+    return L.expand(L.shape[0], H, *L.shape[2:])
+
+
+def solve_qp(
+    spec: QPSpec,
+    mu: torch.Tensor,
+    L: torch.Tensor,
+    w_prev: torch.Tensor,
+    delta: float | torch.Tensor | None = None,
+    *,
+    d: torch.Tensor | None = None,
+    gamma: float | torch.Tensor | None = None,
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, QPInfo]:
+    """Solve a batch of DMPO QPs with the fast solver (differentiable).
+
+    Parameters
+    ----------
+    spec : QPSpec
+        Static options.
+    mu : torch.Tensor
+        Expected returns ``(B, H, n)`` (``(B, n)`` when ``H = 1``).
+    L : torch.Tensor
+        Risk factors ``(B, H, n, k)``, or ``(B, n, k)`` shared by every period.
+    w_prev : torch.Tensor
+        Current weights ``(B, n)``.
+    delta : float, torch.Tensor or None, default None
+        Turnover limit ``||w_1 - w_prev||_1 <= delta``, scalar or ``(B,)``; ``None``
+        or ``inf`` entries mean no limit.
+    d : torch.Tensor or None, default None
+        Positive diagonal risk ``(B, H, n)`` / ``(B, n)`` for ``factor="lowrank_diag"``.
+    gamma : float, torch.Tensor or None, default None
+        L1 trading cost weight, scalar or ``(B,)``; ``None`` uses ``spec.gamma``.
+    return_info : bool, default False
+        Also return the :class:`QPInfo` diagnostics.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, QPInfo)
+        Optimal weights ``(B, H, n)``; ``w[:, 0]`` is the trade to execute.
+
+    Raises
+    ------
+    InfeasibleError, ValueError, TypeError
+        From :func:`mpo.learn.qp.validate_inputs`.
+    ConvergenceError
+        If some samples did not converge and ``spec.on_failure == "raise"``.
+    """
+    inp: QPInputs = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma)
+    holder: list[QPInfo] = []
+    w = _DMPOFunction.apply(spec, holder, inp.mu, inp.L, inp.w_prev, inp.delta, inp.gamma, inp.d)
+    return (w, holder[0]) if return_info else w

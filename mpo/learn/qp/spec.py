@@ -1,0 +1,359 @@
+"""Problem definition and input validation shared by every DMPO QP solver.
+
+The DMPO problem for one sample, with ``w_0 = w_prev``, is::
+
+    minimise    sum_tau  1/2 w_tau' Sigma_tau w_tau - lambda mu_tau' w_tau
+                         + gamma ||w_tau - w_{tau-1}||_1
+    subject to  1' w_tau = 1,  0 <= w_tau <= w_max,  ||w_1 - w_prev||_1 <= delta,
+
+with ``Sigma_tau = L_tau L_tau' (+ diag(d_tau)) + eps I``. :class:`QPSpec` holds the
+static options and :func:`validate_inputs` checks and normalises the batched tensors
+that both the fast solver and the cvxpylayers reference consume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from mpo.errors import InfeasibleError, SpecError
+
+__all__ = [
+    "FactorKind",
+    "QPSpec",
+    "QPInputs",
+    "validate_inputs",
+    "min_turnover",
+]
+
+FactorKind = Literal["full", "lowrank", "lowrank_diag"]
+_FACTORS = ("full", "lowrank", "lowrank_diag")
+
+
+@dataclass(frozen=True)
+class QPSpec:
+    """Static options of the DMPO portfolio QP.
+
+    Parameters
+    ----------
+    n : int
+        Number of assets.
+    horizon : int, default 1
+        Number of periods ``H``; ``H = 1`` is the single-period QP.
+    rank : int or None, default None
+        Number of columns ``k`` of the risk factor ``L``; ``None`` means ``k = n``.
+    risk_aversion : float, default 1.0
+        The ``lambda`` multiplying the expected-return term ``mu' w``.
+    gamma : float, default 0.0
+        Default L1 trading-cost weight; a per-sample tensor passed at call time wins.
+    eps : float, default 1e-6
+        Ridge added to every ``Sigma_tau``; must be positive so the QP is strictly convex.
+    w_max : float or None, default None
+        Upper bound on every weight; ``None`` means no upper bound.
+    factor : {"full", "lowrank", "lowrank_diag"}, default "full"
+        ``"full"``: ``L`` is ``n x n``; ``"lowrank"``: ``L`` is ``n x k``;
+        ``"lowrank_diag"``: ``Sigma = F F' + diag(d) + eps I`` with ``F = L`` (``n x k``)
+        and a positive ``d`` passed at call time.
+    tol : float or None, default None
+        Interior-point tolerance on scaled residuals and gap; ``None`` picks ``1e-9``
+        for float64 and ``1e-5`` for float32.
+    max_iter : int, default 60
+        Maximum number of interior-point iterations.
+    on_failure : {"raise", "nan"}, default "raise"
+        What to do with samples that did not converge: raise
+        :class:`~mpo.errors.ConvergenceError` naming them, or return NaN rows (the
+        info object's ``converged`` mask says which).
+    polish : bool, default True
+        Re-solve the equality-constrained QP on the identified active set after the
+        interior-point phase (exact solution, and the factorisation the backward reuses).
+    upcast : bool, default True
+        Solve float32 inputs in float64 and cast the solution and gradients back (float32
+        interior points lose the active set on ill-conditioned risk models; on CPU the
+        float64 factorisations are not slower). ``False`` solves in float32 with looser
+        tolerances.
+    """
+
+    n: int
+    horizon: int = 1
+    rank: int | None = None
+    risk_aversion: float = 1.0
+    gamma: float = 0.0
+    eps: float = 1e-6
+    w_max: float | None = None
+    factor: FactorKind = "full"
+    tol: float | None = None
+    max_iter: int = 60
+    on_failure: Literal["raise", "nan"] = "raise"
+    polish: bool = True
+    upcast: bool = True
+
+    def __post_init__(self) -> None:
+        check_spec(self)
+
+    @property
+    def k(self) -> int:
+        """Number of columns of the factor ``L``."""
+        return self.n if self.rank is None else self.rank
+
+
+def check_spec(spec: QPSpec) -> None:
+    """Raise :class:`~mpo.errors.SpecError` if the static options are inconsistent.
+
+    Parameters
+    ----------
+    spec : QPSpec
+        The options to check.
+
+    Raises
+    ------
+    SpecError
+        With a message naming the offending field and how to fix it.
+    InfeasibleError
+        If ``n * w_max < 1`` (no portfolio sums to one under the cap).
+    """
+    if spec.n < 1 or spec.horizon < 1:
+        raise SpecError(f"n and horizon must be >= 1, got {spec.n=}, {spec.horizon=}.")
+    if spec.factor not in _FACTORS:
+        raise SpecError(f"factor must be one of {_FACTORS}, got {spec.factor=}.")
+    if spec.factor == "full" and spec.rank not in (None, spec.n):
+        raise SpecError(
+            f"factor='full' needs rank None or n={spec.n}, got {spec.rank=}; "
+            "use factor='lowrank' for an n x k factor."
+        )
+    if spec.rank is not None and spec.rank < 1:
+        raise SpecError(f"rank must be >= 1, got {spec.rank=}.")
+    for name in ("risk_aversion", "gamma", "eps"):
+        value = getattr(spec, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise SpecError(f"{name} must be finite and >= 0, got {value!r}.")
+    if spec.eps <= 0:
+        raise SpecError(f"eps must be > 0 so every Sigma is positive definite, got {spec.eps=}.")
+    if spec.w_max is not None:
+        if not (math.isfinite(spec.w_max) and spec.w_max > 0):
+            raise SpecError(f"w_max must be finite and > 0 or None, got {spec.w_max=}.")
+        if spec.n * spec.w_max < 1:
+            raise InfeasibleError(
+                f"n * w_max = {spec.n * spec.w_max:.6g} < 1: no portfolio of {spec.n} assets "
+                f"capped at w_max={spec.w_max} sums to one; raise w_max to at least 1/n."
+            )
+    if spec.tol is not None and not (0 < spec.tol < 1):
+        raise SpecError(f"tol must be in (0, 1) or None, got {spec.tol=}.")
+    if spec.max_iter < 1:
+        raise SpecError(f"max_iter must be >= 1, got {spec.max_iter=}.")
+    if spec.on_failure not in ("raise", "nan"):
+        raise SpecError(f"on_failure must be 'raise' or 'nan', got {spec.on_failure=}.")
+
+
+@dataclass(frozen=True)
+class QPInputs:
+    """Validated, batched inputs of the DMPO QP (all on one device and dtype).
+
+    Attributes
+    ----------
+    mu : torch.Tensor
+        Expected returns, shape ``(B, H, n)``.
+    L : torch.Tensor
+        Risk factors, shape ``(B, H_L, n, k)`` with ``H_L`` in ``{1, H}``; ``H_L = 1`` is
+        shared by every period.
+    w_prev : torch.Tensor
+        Current weights, shape ``(B, n)``.
+    delta : torch.Tensor
+        Turnover limits, shape ``(B,)``; ``inf`` means no limit.
+    gamma : torch.Tensor
+        L1 trading-cost weights, shape ``(B,)``.
+    d : torch.Tensor or None
+        Diagonal risk, shape ``(B, H_L, n)``, only for ``factor="lowrank_diag"``.
+    """
+
+    mu: torch.Tensor
+    L: torch.Tensor
+    w_prev: torch.Tensor
+    delta: torch.Tensor
+    gamma: torch.Tensor
+    d: torch.Tensor | None
+
+    @property
+    def batch(self) -> int:
+        """Batch size ``B``."""
+        return self.mu.shape[0]
+
+
+def min_turnover(w_prev: torch.Tensor, w_max: float | None) -> torch.Tensor:
+    """Smallest L1 distance from ``w_prev`` to ``{w : 1'w = 1, 0 <= w <= w_max}``.
+
+    Clipping each coordinate into ``[0, w_max]`` costs ``sum |w_prev - clip(w_prev)|``
+    and every feasible ``w`` is reached from the clipped point without moving back, so
+    the distance is that cost plus ``|1 - sum clip(w_prev)|`` (there is room to move the
+    sum to one because ``n w_max >= 1``).
+
+    Parameters
+    ----------
+    w_prev : torch.Tensor
+        Weights, shape ``(..., n)``.
+    w_max : float or None
+        Upper bound, ``None`` for none.
+
+    Returns
+    -------
+    torch.Tensor
+        Distances, shape ``(...)``.
+    """
+    upper = math.inf if w_max is None else w_max
+    clipped = w_prev.clamp(min=0.0, max=upper)
+    return (w_prev - clipped).abs().sum(-1) + (1.0 - clipped.sum(-1)).abs()
+
+
+def _as_batch_vector(
+    value: float | torch.Tensor | None, name: str, batch: int, like: torch.Tensor, default: float
+) -> torch.Tensor:
+    """Broadcast a scalar or ``(B,)`` tensor to shape ``(B,)`` on ``like``'s device/dtype."""
+    if value is None:
+        value = default
+    if not isinstance(value, torch.Tensor):
+        return torch.full((batch,), float(value), dtype=like.dtype, device=like.device)
+    _check_tensor(value, name, like)
+    if value.dim() == 0:
+        return value.expand(batch)
+    if value.shape != (batch,):
+        raise ValueError(
+            f"{name} must be a scalar or have shape ({batch},), got {tuple(value.shape)}."
+        )
+    return value
+
+
+def _check_tensor(x: torch.Tensor, name: str, like: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if x.dtype != like.dtype or x.device != like.device:
+        raise TypeError(
+            f"{name} has dtype={x.dtype}, device={x.device} but mu has dtype={like.dtype}, "
+            f"device={like.device}; cast every input with .to(mu)."
+        )
+
+
+def _check_finite(x: torch.Tensor, name: str, allow_pos_inf: bool = False) -> None:
+    bad = torch.isnan(x) | (torch.isinf(x) & ~(allow_pos_inf & (x > 0)))
+    if bool(bad.any()):
+        flat = bad.reshape(bad.shape[0], -1).any(-1) if bad.dim() > 0 else bad.reshape(1)
+        samples = torch.nonzero(flat).flatten().tolist()[:10]
+        raise ValueError(
+            f"{name} has non-finite entries in samples {samples}; "
+            "clean or mask those samples before the QP layer."
+        )
+
+
+def validate_inputs(
+    spec: QPSpec,
+    mu: torch.Tensor,
+    L: torch.Tensor,
+    w_prev: torch.Tensor,
+    delta: float | torch.Tensor | None = None,
+    d: torch.Tensor | None = None,
+    gamma: float | torch.Tensor | None = None,
+) -> QPInputs:
+    """Check shapes, dtypes, finiteness and feasibility; return normalised inputs.
+
+    Parameters
+    ----------
+    spec : QPSpec
+        Static options.
+    mu : torch.Tensor
+        Expected returns ``(B, H, n)``; ``(B, n)`` is accepted when ``H = 1``.
+    L : torch.Tensor
+        Factors ``(B, H, n, k)``, or ``(B, n, k)`` shared by every period.
+    w_prev : torch.Tensor
+        Current weights ``(B, n)``; may lie outside the feasible set.
+    delta : float, torch.Tensor or None
+        Turnover limit on the first trade, scalar or ``(B,)``; ``None``/``inf``: no limit.
+    d : torch.Tensor or None
+        Positive diagonal risk ``(B, H, n)`` or ``(B, n)``; required iff
+        ``spec.factor == "lowrank_diag"``.
+    gamma : float, torch.Tensor or None
+        L1 cost weight, scalar or ``(B,)``; ``None`` uses ``spec.gamma``.
+
+    Returns
+    -------
+    QPInputs
+        Batched inputs with ``delta`` and ``gamma`` of shape ``(B,)``.
+
+    Raises
+    ------
+    TypeError
+        Non-tensor input, non-floating dtype, or dtype/device mismatch with ``mu``.
+    ValueError
+        Wrong shape, non-finite entry, negative ``gamma``/``delta``, non-positive ``d``.
+    InfeasibleError
+        ``delta`` smaller than the minimal turnover needed to reach the feasible set,
+        naming the samples and the turnover they need.
+    """
+    if not isinstance(mu, torch.Tensor):
+        raise TypeError(f"mu must be a torch.Tensor, got {type(mu).__name__}.")
+    if mu.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"mu must be float32 or float64, got {mu.dtype}.")
+    n, H, k = spec.n, spec.horizon, spec.k
+    if mu.dim() == 2 and H == 1:
+        mu = mu.unsqueeze(1)
+    if mu.dim() != 3 or mu.shape[1:] != (H, n):
+        raise ValueError(f"mu must have shape (B, {H}, {n}), got {tuple(mu.shape)}.")
+    B = mu.shape[0]
+    _check_tensor(L, "L", mu)
+    _check_tensor(w_prev, "w_prev", mu)
+    if L.dim() == 3:
+        L = L.unsqueeze(1)
+    if L.dim() != 4 or L.shape[0] != B or L.shape[1] not in (1, H) or L.shape[2:] != (n, k):
+        raise ValueError(
+            f"L must have shape (B, {H}, {n}, {k}) or (B, {n}, {k}) with B={B}, "
+            f"got {tuple(L.shape)}."
+        )
+    if w_prev.shape != (B, n):
+        raise ValueError(f"w_prev must have shape ({B}, {n}), got {tuple(w_prev.shape)}.")
+    if spec.factor == "lowrank_diag":
+        if d is None:
+            raise ValueError("factor='lowrank_diag' needs the diagonal risk d, got d=None.")
+        _check_tensor(d, "d", mu)
+        if d.dim() == 2:
+            d = d.unsqueeze(1)
+        if d.dim() != 3 or d.shape[0] != B or d.shape[1] != L.shape[1] or d.shape[2] != n:
+            raise ValueError(
+                f"d must have shape ({B}, {L.shape[1]}, {n}) (matching L) or ({B}, {n}), "
+                f"got {tuple(d.shape)}."
+            )
+    elif d is not None:
+        raise ValueError(f"d is only used with factor='lowrank_diag', got {spec.factor=}.")
+    delta_t = _as_batch_vector(delta, "delta", B, mu, math.inf)
+    gamma_t = _as_batch_vector(gamma, "gamma", B, mu, spec.gamma)
+    for x, name in ((mu, "mu"), (L, "L"), (w_prev, "w_prev"), (gamma_t, "gamma")):
+        _check_finite(x, name)
+    _check_finite(delta_t, "delta", allow_pos_inf=True)
+    if d is not None:
+        _check_finite(d, "d")
+        if bool((d <= 0).any()):
+            bad = torch.nonzero((d <= 0).reshape(B, -1).any(-1)).flatten().tolist()[:10]
+            raise ValueError(f"d must be > 0, violated in samples {bad}.")
+    for x, name in ((gamma_t, "gamma"), (delta_t, "delta")):
+        if bool((x < 0).any()):
+            bad = torch.nonzero(x < 0).flatten().tolist()[:10]
+            raise ValueError(f"{name} must be >= 0, violated in samples {bad}.")
+    _check_turnover_feasible(spec, w_prev, delta_t)
+    return QPInputs(mu=mu, L=L, w_prev=w_prev, delta=delta_t, gamma=gamma_t, d=d)
+
+
+def _check_turnover_feasible(spec: QPSpec, w_prev: torch.Tensor, delta: torch.Tensor) -> None:
+    need = min_turnover(w_prev.detach(), spec.w_max)
+    slack = 1e-12 if w_prev.dtype == torch.float64 else 1e-6
+    bad = delta.detach() < need - slack
+    if bool(bad.any()):
+        idx = torch.nonzero(bad).flatten().tolist()
+        shown = ", ".join(
+            f"sample {i}: delta={float(delta[i]):.6g} < needed {float(need[i]):.6g}"
+            for i in idx[:5]
+        )
+        more = f" (and {len(idx) - 5} more)" if len(idx) > 5 else ""
+        raise InfeasibleError(
+            f"turnover limit too small to reach the feasible set {{1'w=1, 0<=w<=w_max}} from "
+            f"w_prev in {len(idx)} sample(s): {shown}{more}. Raise delta to at least the "
+            "needed value (see mpo.learn.qp.min_turnover) or project w_prev first."
+        )
