@@ -100,6 +100,36 @@ def format_table(table: pd.DataFrame) -> str:
     return out.to_string()
 
 
+def _load_market(ref, data, tickers, start, end, adv, seed):
+    """Market data for specs whose first is ``ref`` (the CLI options override its [data])."""
+    from mpo.data.sources import load_market_data
+
+    custom_data = data is not None and data != ref.data.source
+    source = data or ref.data.source
+    ticker_list = [t.strip() for t in tickers.split(",") if t.strip()] if tickers else None
+    market = load_market_data(
+        source,
+        tickers=ticker_list or (None if custom_data else ref.data.tickers),
+        start=start or (None if custom_data else ref.data.start),
+        end=end or (None if custom_data else ref.data.end),
+        adv=adv or ref.data.adv,
+        seed=seed,
+    )
+    d = market.describe()
+    typer.echo(
+        f"data: {d['name']}, {len(d['tickers'])} assets, {d['start']} to {d['end']} "
+        f"({d['periods']} periods), fingerprint {d['fingerprint']}"
+    )
+    typer.echo(market.volume_note)
+    costs = ref.costs
+    typer.echo(
+        f"costs: half-spread {costs.half_spread * 1e4:.1f} bps, impact b={costs.impact:g} "
+        f"(sigma/volume EWM spans {costs.sigma_span:g}/{costs.volume_span:g}), "
+        f"short fee {costs.short_fee:g}%/yr"
+    )
+    return market, custom_data
+
+
 def _run(
     spec_paths: list[Path],
     data: str | None,
@@ -115,40 +145,17 @@ def _run(
 ) -> None:
     from mpo.backtest import run_backtests
     from mpo.config import load_spec
-    from mpo.data.sources import load_market_data
 
     specs = [load_spec(p) for p in spec_paths]
     ref = specs[0]
-    custom_data = data is not None and data != ref.data.source
-    source = data or ref.data.source
-    ticker_list = [t.strip() for t in tickers.split(",") if t.strip()] if tickers else None
-    market = load_market_data(
-        source,
-        tickers=ticker_list or (None if custom_data else ref.data.tickers),
-        start=start or (None if custom_data else ref.data.start),
-        end=end or (None if custom_data else ref.data.end),
-        adv=adv or ref.data.adv,
-        seed=seed,
-    )
+    market, custom_data = _load_market(ref, data, tickers, start, end, adv, seed)
     if custom_data:
         typer.echo(
-            f"note: --data {source} replaces the specs' default data; their backtest window is "
+            f"note: --data {data} replaces the specs' default data; their backtest window is "
             "ignored (the backtest starts as soon as every policy has enough history)."
         )
     bt_start = backtest_start or (None if custom_data else ref.backtest.start)
     bt_end = backtest_end or (None if custom_data else ref.backtest.end)
-    d = market.describe()
-    typer.echo(
-        f"data: {d['name']}, {len(d['tickers'])} assets, {d['start']} to {d['end']} "
-        f"({d['periods']} periods), fingerprint {d['fingerprint']}"
-    )
-    typer.echo(market.volume_note)
-    costs = ref.costs
-    typer.echo(
-        f"costs: half-spread {costs.half_spread * 1e4:.1f} bps, impact b={costs.impact:g} "
-        f"(sigma/volume EWM spans {costs.sigma_span:g}/{costs.volume_span:g}), "
-        f"short fee {costs.short_fee:g}%/yr"
-    )
     run = run_backtests(
         specs, market, start=bt_start, end=bt_end, progress=not no_progress, seed=seed
     )
@@ -158,6 +165,89 @@ def _run(
     name = "-".join(s.name for s in specs)[:60]
     run_dir = run.save(out / f"{stamp}-{name}")
     typer.echo(f"\nresults written to {run_dir}")
+
+
+def _tune(
+    spec_path: Path,
+    trials: int | None,
+    data: str | None,
+    tickers: str | None,
+    start: str | None,
+    end: str | None,
+    adv: float | None,
+    train: tuple[str, str] | None,
+    test: tuple[str, str] | None,
+    purge: str | None,
+    storage: str | None,
+    study: str | None,
+    workers: int,
+    seed: int,
+    objective: str | None,
+    out: Path,
+    no_progress: bool,
+    timeout: float | None,
+) -> None:
+    import optuna
+
+    from mpo.config import load_spec
+    from mpo.tuning import tune
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = load_spec(spec_path)
+    market, _ = _load_market(spec, data, tickers, start, end, adv, seed)
+    storage = storage or str(out / "studies.journal")
+    study_name = study or f"{spec.name}-{objective or spec.tuning.objective}"
+    typer.echo(f"study: {study_name!r} in {storage} (watch it: optuna-dashboard {storage})")
+    try:
+        result = tune(
+            spec,
+            market,
+            trials=trials,
+            train=train,
+            test=test,
+            purge=purge,
+            storage=storage,
+            study_name=study_name,
+            workers=workers,
+            seed=seed,
+            objective=objective,
+            progress=not no_progress,
+            timeout=timeout,
+        )
+    except KeyboardInterrupt:
+        typer.secho(
+            f"\ninterrupted: finished trials are kept in {storage} (study {study_name!r}); run "
+            "the same command again to resume.",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(code=130) from None
+    w = result.windows
+    s = result.summary()
+    typer.echo(
+        f"train {w.train_start.date()} to {w.train_end.date()} | purge {w.gap} periods "
+        f"(>= {w.purge}; longest lookback {w.lookback}) | test {w.test_start.date()} to "
+        f"{w.test_end.date()}"
+    )
+    typer.echo(
+        f"trials: {s['n_finished']} finished, {s['n_failed']} failed; best #{result.best_number}: "
+        + ", ".join(f"{k}={v:.4g}" for k, v in result.best_params.items())
+        + f"; train {result.objective} {result.best_value:.3f}"
+    )
+    d = result.deflated
+    typer.echo(
+        f"selection among {d['n_trials']} trials: deflated Sharpe ratio (P[true train Sharpe > 0]"
+        f" after selection) {d['dsr']:.3f}; without the correction (PSR) {d['psr']:.3f}"
+    )
+    typer.echo(f"\nout of sample, {w.test_start.date()} to {w.test_end.date()}:\n")
+    typer.echo(format_table(result.table()))
+    stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = result.save(out / f"{stamp}-tune-{spec.name}", spec_path=spec_path)
+    typer.echo(
+        f"\nresults, trial history and plots written to {run_dir}; best parameters in "
+        f"{spec_path.with_suffix('.tuned.json')}"
+    )
 
 
 def _guard(fn, *args) -> None:
@@ -237,6 +327,80 @@ def compare(
         out,
         seed,
         no_progress,
+    )
+
+
+@app.command()
+def tune(
+    spec: Annotated[Path, typer.Argument(help="SPO or MPO policy spec (TOML).")],
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", help="Finished trials the study should reach ([tuning] trials)."),
+    ] = None,
+    data: DataOpt = None,
+    tickers: TickersOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    adv: AdvOpt = None,
+    train: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--train", help="Training window: START END (inclusive dates)."),
+    ] = None,
+    test: Annotated[
+        tuple[str, str] | None,
+        typer.Option("--test", help="Test window: START END (default: the spec's backtest)."),
+    ] = None,
+    purge: Annotated[
+        str | None,
+        typer.Option(
+            "--purge", help="Periods between train and test, e.g. 600d (default: longest lookback)."
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Journal file path or SQLAlchemy URL, e.g. postgresql://u:p@host/db "
+            "(default: OUT/studies.journal).",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option("--study", help="Study name; an existing study is resumed."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 1,
+    seed: SeedOpt = 0,
+    objective: Annotated[
+        str | None,
+        typer.Option("--objective", help="sharpe | return_at_risk | information_ratio."),
+    ] = None,
+    out: OutOpt = Path("runs"),
+    no_progress: QuietOpt = False,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop starting trials after SECONDS.")
+    ] = None,
+) -> None:
+    """Tune gamma_risk/gamma_trade with Optuna on a training window; test the winner vs Hold."""
+    _guard(
+        _tune,
+        spec,
+        trials,
+        data,
+        tickers,
+        start,
+        end,
+        adv,
+        train,
+        test,
+        purge,
+        storage,
+        study,
+        workers,
+        seed,
+        objective,
+        out,
+        no_progress,
+        timeout,
     )
 
 

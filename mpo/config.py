@@ -24,6 +24,9 @@ __all__ = [
     "ObjectiveSpec",
     "PolicySpec",
     "RiskSpec",
+    "TUNABLE",
+    "TuningParam",
+    "TuningSpec",
     "load_spec",
 ]
 
@@ -125,6 +128,91 @@ class ConstraintsSpec(_Strict):
         return self
 
 
+#: Parameters ``mpo tune`` can search, with the spec section each lives in.
+TUNABLE = {
+    "gamma_risk": "objective",
+    "gamma_trade": "objective",
+    "gamma_hold": "objective",
+    "planning_horizon": "objective",
+}
+
+
+class TuningParam(_Strict):
+    """Search range of one tunable parameter."""
+
+    low: float
+    high: float
+    log: bool = True
+
+
+def _default_params() -> dict[str, TuningParam]:
+    # Ranges of Boyd et al. (2017), section 7 / cvxportfolio's examples.
+    return {
+        "gamma_risk": TuningParam(low=0.01, high=1000.0, log=True),
+        "gamma_trade": TuningParam(low=1e-4, high=25.0, log=True),
+    }
+
+
+class TuningSpec(_Strict):
+    """Defaults of ``mpo tune`` (the command line overrides them).
+
+    Windows are inclusive date strings. Without them the test window is the
+    spec's ``[backtest]`` window and the training window ends ``purge``
+    periods before it and starts as early as the data allow.
+    """
+
+    objective: Literal["sharpe", "return_at_risk", "information_ratio"] = "sharpe"
+    risk_cap: Annotated[float, Field(gt=0)] = Field(
+        default=0.2, description="return_at_risk: cap on annualised volatility."
+    )
+    trials: PositiveInt = 30
+    train_start: str | None = None
+    train_end: str | None = None
+    test_start: str | None = None
+    test_end: str | None = None
+    purge: Annotated[int, Field(ge=0)] | str | None = Field(
+        default=None,
+        description="Periods between train end and test start, e.g. 600 or '600d'; "
+        "default (and minimum): the policy's longest lookback.",
+    )
+    prune: bool = True
+    sub_periods: Annotated[int, Field(ge=1, le=50)] = 4
+    params: dict[str, TuningParam] = Field(default_factory=_default_params)
+
+    @model_validator(mode="after")
+    def _check_params(self) -> TuningSpec:
+        if not self.params:
+            raise ValueError("tuning.params is empty: give at least one parameter to tune.")
+        for name, p in self.params.items():
+            if name not in TUNABLE:
+                raise ValueError(
+                    f"unknown tuning parameter {name!r}; tunable parameters are "
+                    f"{', '.join(TUNABLE)}."
+                )
+            if not p.low < p.high:
+                raise ValueError(
+                    f"tuning.params.{name}: the range is empty or inverted (low={p.low:g} >= "
+                    f"high={p.high:g}); give low < high."
+                )
+            if name.startswith("gamma") and p.low < 0:
+                raise ValueError(
+                    f"tuning.params.{name}: multipliers must be >= 0, got low={p.low:g}."
+                )
+            if p.log and p.low <= 0:
+                raise ValueError(
+                    f"tuning.params.{name}: a log-uniform range needs low > 0, got "
+                    f"low={p.low:g}; set log = false or a positive low."
+                )
+            if name == "planning_horizon" and (
+                p.low != int(p.low) or p.high != int(p.high) or p.low < 1 or p.high > 60
+            ):
+                raise ValueError(
+                    f"tuning.params.planning_horizon: integer bounds in [1, 60] expected, got "
+                    f"[{p.low:g}, {p.high:g}]."
+                )
+        return self
+
+
 class PolicySpec(_Strict):
     """A complete policy specification."""
 
@@ -141,6 +229,7 @@ class PolicySpec(_Strict):
     risk: RiskSpec = RiskSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
     constraints: ConstraintsSpec = ConstraintsSpec()
+    tuning: TuningSpec = TuningSpec()
 
     @model_validator(mode="after")
     def _horizon(self) -> PolicySpec:
@@ -148,6 +237,10 @@ class PolicySpec(_Strict):
             raise ValueError(
                 f"kind='spo' has planning_horizon 1, got {self.objective.planning_horizon}; use "
                 "kind='mpo' for a multi-period policy."
+            )
+        if self.kind != "mpo" and "planning_horizon" in self.tuning.params:
+            raise ValueError(
+                f"tuning.params.planning_horizon needs kind='mpo', got kind={self.kind!r}."
             )
         return self
 

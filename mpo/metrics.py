@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 __all__ = [
     "annualized_return",
     "annualized_volatility",
     "bootstrap_sharpe_ci",
+    "deflated_sharpe_ratio",
+    "expected_max_sharpe",
     "max_drawdown",
     "periods_per_year",
+    "probabilistic_sharpe_ratio",
+    "psr_from_moments",
+    "return_moments",
     "sharpe_ratio",
     "sortino_ratio",
     "summary",
@@ -135,3 +141,95 @@ def summary(
         for col in frac.columns:
             out[f"{col}_cost"] = float(frac[col].mean() * ppy)
     return out
+
+
+_EULER_GAMMA = 0.5772156649015329
+
+
+def return_moments(excess: np.ndarray) -> dict[str, float]:
+    """Length, per-period Sharpe, skewness and (non-excess) kurtosis of excess returns.
+
+    Enough to compute :func:`probabilistic_sharpe_ratio` later without the series.
+    """
+    x = np.asarray(excess, dtype=float)
+    sd = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    ok = x.size >= 3 and sd > 0
+    return {
+        "T": int(x.size),
+        "sharpe": float(x.mean() / sd) if ok else float("nan"),
+        "skew": float(stats.skew(x, bias=False)) if ok else float("nan"),
+        "kurt": float(stats.kurtosis(x, fisher=False, bias=False)) if ok else float("nan"),
+    }
+
+
+def psr_from_moments(moments: dict[str, float], benchmark_sr: float = 0.0) -> float:
+    """:func:`probabilistic_sharpe_ratio` from :func:`return_moments`' output."""
+    T, sr, skew, kurt = moments["T"], moments["sharpe"], moments["skew"], moments["kurt"]
+    if T < 3 or not np.isfinite(sr):
+        return float("nan")
+    denom = 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr**2
+    if not denom > 0:
+        return float("nan")
+    return float(stats.norm.cdf((sr - benchmark_sr) * np.sqrt(T - 1) / np.sqrt(denom)))
+
+
+def probabilistic_sharpe_ratio(excess: np.ndarray, benchmark_sr: float = 0.0) -> float:
+    """Probability that the true per-period Sharpe ratio exceeds ``benchmark_sr``.
+
+    Bailey & Lopez de Prado (2012), with the skewness and (non-excess)
+    kurtosis of ``excess`` (per-period returns in excess of cash)::
+
+        PSR = Phi((SR - SR*) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2))
+
+    ``SR`` and ``benchmark_sr`` are per period (not annualised).
+    """
+    return psr_from_moments(return_moments(excess), benchmark_sr)
+
+
+def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
+    """Expected maximum of ``n_trials`` per-period Sharpe ratios whose true value is zero.
+
+    The deflated Sharpe ratio's threshold (Bailey & Lopez de Prado 2014, eq. 2)::
+
+        SR0 = sqrt(V) ((1 - g) Phi^-1(1 - 1/N) + g Phi^-1(1 - 1/(N e)))
+
+    with ``V`` the variance of the trials' per-period Sharpe ratios and ``g``
+    the Euler-Mascheroni constant. Zero for a single trial.
+    """
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}.")
+    if n_trials == 1 or not sharpe_variance > 0:
+        return 0.0
+    z1 = stats.norm.ppf(1.0 - 1.0 / n_trials)
+    z2 = stats.norm.ppf(1.0 - 1.0 / (n_trials * np.e))
+    return float(np.sqrt(sharpe_variance) * ((1 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2))
+
+
+def deflated_sharpe_ratio(
+    excess: np.ndarray | dict[str, float], trial_sharpes: np.ndarray
+) -> dict[str, float]:
+    """Deflated Sharpe ratio of the selected strategy among several trials.
+
+    ``excess`` are the selected strategy's per-period excess returns (or their
+    :func:`return_moments`) and ``trial_sharpes`` the per-period (not
+    annualised) Sharpe ratios of every trial tried, the selected one included,
+    on the same window. The DSR is the probabilistic Sharpe ratio against the
+    Sharpe ratio that the best of ``N`` skill-less trials would reach by luck
+    (:func:`expected_max_sharpe`): the probability that the selected
+    strategy's true Sharpe is positive after the selection among ``N``
+    trials. Treating every trial as independent makes ``N`` an upper bound of
+    the effective number of trials, so the correction is conservative.
+    """
+    moments = excess if isinstance(excess, dict) else return_moments(excess)
+    s = np.asarray(trial_sharpes, dtype=float)
+    s = s[np.isfinite(s)]
+    n = max(int(s.size), 1)
+    var = float(s.var(ddof=1)) if s.size > 1 else 0.0
+    sr0 = expected_max_sharpe(n, var)
+    return {
+        "dsr": psr_from_moments(moments, sr0),
+        "psr": psr_from_moments(moments, 0.0),
+        "sr0_per_period": sr0,
+        "n_trials": n,
+        "trial_sharpe_variance": var,
+    }

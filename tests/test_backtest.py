@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,12 @@ from mpo.config import load_spec
 from mpo.data.market import MarketData
 from mpo.errors import DataError, SpecError
 
-SHIPPED = sorted(Path(__file__).parents[1].joinpath("policies").glob("*.toml"))
+#: Backtest policy specs (training specs such as dmpo.toml have a [train] table, no kind).
+SHIPPED = sorted(
+    p
+    for p in Path(__file__).parents[1].joinpath("policies").glob("*.toml")
+    if "kind" in tomllib.loads(p.read_text())
+)
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,7 @@ def test_backtest_on_dow30_with_observed_volumes(tmp_path):
         (["backtest", "policies/nope.toml"], "does not exist"),
         (["backtest", "policies/spo.toml", "--data", "nasdaq"], "sp20"),
         (["backtest", "policies/spo.toml", "--tickers", "AAPL,ZZZZ"], "ZZZZ"),
-        (["backtest", "policies/spo.toml", "--backtest-start", "2016-02-01"], "history"),
+        (["backtest", "policies/spo.toml", "--backtest-start", "2011-06-01"], "history"),
     ],
 )
 def test_bad_input_exits_with_specific_message(args, message, monkeypatch):

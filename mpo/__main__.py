@@ -1,0 +1,5 @@
+"""``python -m mpo``: the command line."""
+
+from mpo.cli import app
+
+app()

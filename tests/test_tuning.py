@@ -1,0 +1,487 @@
+"""Optuna tuning: windows and purge, look-ahead, trial values vs independent backtests,
+failures, resume after a real kill, several workers, storages and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from conftest import spec_dict
+from optuna.trial import TrialState
+
+from mpo.backtest import run_backtests
+from mpo.config import parse_spec
+from mpo.errors import SpecError, TuningError
+from mpo.metrics import periods_per_year, sharpe_ratio
+from mpo.tuning import (
+    TrialFailure,
+    _Job,
+    _TrialRunner,
+    open_storage,
+    parse_purge,
+    resolve_windows,
+    tune,
+)
+
+ROOT = Path(__file__).parents[1]
+
+# On the 375-period `market` fixture (2017-01-03 .. 2018-06-29); the spec's lookback is 61.
+TRAIN = ("2017-04-13", "2017-08-31")
+TEST = ("2017-12-14", "2018-06-21")
+
+
+def tiny_spec(kind="spo", **tuning):
+    t = {"trials": 4, "sub_periods": 3, **tuning}
+    return parse_spec(spec_dict(kind, tuning=t))
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _journal(tmp_path) -> str:
+    return str(tmp_path / "studies.journal")
+
+
+# ------------------------------------------------------------------ end to end
+def test_tiny_study_end_to_end(market, tmp_path):
+    spec = tiny_spec()
+    res = tune(
+        spec,
+        market,
+        trials=5,
+        train=TRAIN,
+        test=TEST,
+        storage=_journal(tmp_path),
+        seed=1,
+        progress=False,
+    )
+    finished = res.trials[res.trials["state"].isin(["COMPLETE", "PRUNED"])]
+    assert len(finished) >= 5
+    done = res.trials[res.trials["state"] == "COMPLETE"]
+    assert res.best_value == pytest.approx(done["value"].max(), abs=0)
+    assert res.tuned_spec.objective.gamma_risk == res.best_params["gamma_risk"]
+    assert res.tuned_spec.objective.gamma_trade == res.best_params["gamma_trade"]
+    # the search space of the seed article
+    assert (done["param_gamma_risk"].between(0.01, 1000)).all()
+    assert (done["param_gamma_trade"].between(1e-4, 25)).all()
+    table = res.table()
+    assert list(table.index) == ["hold", "equal_weight", "spo-untuned", "spo-tuned"]
+    assert res.test.start == pd.Timestamp(TEST[0])
+    assert {"sharpe_ci_low", "sharpe_vs_hold_ci_low"} <= set(table.columns)
+    d = res.deflated
+    assert 0.0 <= d["dsr"] <= d["psr"] <= 1.0  # deflating can only lower the probability
+    assert d["n_trials"] == len(done)
+
+    spec_path = tmp_path / "myspec.toml"
+    run_dir = res.save(tmp_path / "run", spec_path=spec_path)
+    for name in ("trials.csv", "tuning.json", "history.png", "slices.png", "risk_return.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    assert (run_dir / "test" / "run.json").exists()
+    tuned = json.loads((tmp_path / "myspec.tuned.json").read_text())
+    assert tuned["params"] == res.best_params
+    summary = json.loads((run_dir / "tuning.json").read_text())
+    assert summary["windows"]["train"] == ["2017-04-13", "2017-08-31"]
+    assert summary["config"]["train_data_fingerprint"]
+    assert "cvxportfolio" in summary["versions"] and summary["seed"] == 1
+    assert len(pd.read_csv(run_dir / "trials.csv")) == len(res.trials)
+
+
+def test_trial_value_equals_an_independent_backtest(market, tmp_path):
+    """A trial's Sharpe (on truncated data, with the pruning watcher) equals the Sharpe of the
+    same spec backtested on the full data by run_backtests; intermediate values are the
+    Sharpe ratios of the first periods."""
+    spec = tiny_spec()
+    res = tune(
+        spec,
+        market,
+        trials=3,
+        train=TRAIN,
+        test=TEST,
+        storage=_journal(tmp_path),
+        evaluate=False,
+        progress=False,
+    )
+    study = optuna.load_study(study_name=res.study_name, storage=open_storage(res.storage))
+    trial = study.best_trial
+    checked = spec.with_updates(objective=dict(trial.params))
+    run = run_backtests(
+        [checked], market, start=TRAIN[0], end=TRAIN[1], include_hold=False, progress=False
+    )
+    r = run.results[checked.name]
+    excess = (r.returns - r.cash_returns).to_numpy()
+    ppy = periods_per_year(r.returns.index)
+    assert trial.value == pytest.approx(sharpe_ratio(excess, ppy), abs=1e-10)
+    assert trial.user_attrs["annual_turnover"] == pytest.approx(
+        r.metrics["annual_turnover"], abs=1e-10
+    )
+    assert trial.intermediate_values, "pruning needs intermediate values"
+    for step, value in trial.intermediate_values.items():
+        assert value == pytest.approx(sharpe_ratio(excess[:step], ppy), abs=1e-10)
+
+
+def test_test_window_data_never_reaches_the_objective(market, tmp_path):
+    """Perturb every data point after the training window: the study is bit-identical."""
+    spec = tiny_spec()
+    w = resolve_windows(spec, market, train=TRAIN, test=TEST)
+    rng = np.random.default_rng(0)
+    future = market.calendar > w.train_end
+    returns = market.returns.copy()
+    returns.loc[future] = rng.normal(0, 0.05, size=(future.sum(), returns.shape[1]))
+    volumes = market.volumes.copy()
+    volumes.loc[future] *= 10.0
+    cash = market.cash_return.copy()
+    cash.loc[future] = 5e-4
+    perturbed = replace(market, returns=returns, volumes=volumes, cash_return=cash)
+
+    values = []
+    for i, m in enumerate((market, perturbed)):
+        res = tune(
+            spec,
+            m,
+            trials=3,
+            train=TRAIN,
+            test=TEST,
+            storage=str(tmp_path / f"s{i}.journal"),
+            seed=3,
+            evaluate=False,
+            progress=False,
+        )
+        values.append(res.trials[["number", "value", "param_gamma_risk"]])
+    pd.testing.assert_frame_equal(values[0], values[1])
+    # and the workers' data really ends with the training window
+    job = _Job(spec, market.slice(end=w.train_end), w, "sharpe", 0.2, "", "", 1, 0, True, 3)
+    assert _TrialRunner(job).job.market.calendar[-1] == w.train_end
+
+
+# -------------------------------------------------------------------- windows
+@pytest.mark.parametrize(
+    ("train", "test", "purge", "message"),
+    [
+        (("2017-04-13", "2018-01-31"), TEST, None, "overlaps the test window"),
+        (("2017-04-13", "2017-11-30"), TEST, None, "periods apart, but the purge is"),
+        (("2017-04-13", "2017-08-31"), TEST, "100d", "periods apart, but the purge is 100"),
+        (TRAIN, TEST, 10, "shorter than the longest lookback"),
+        (TRAIN, ("2019-01-01", "2019-06-30"), None, "test window 2019-01-01"),
+        (("2018-07-01", "2018-12-31"), TEST, None, "starts after the test window ends"),
+        (("2017-02-01", "2017-08-31"), TEST, None, "earliest training start"),
+        (("2017-08-20", "2017-08-31"), TEST, None, "at least 20 are needed"),
+        (TRAIN, TEST, "ten days", "cannot read purge"),
+    ],
+)
+def test_bad_windows_are_rejected(market, train, test, purge, message):
+    with pytest.raises(TuningError, match=message):
+        resolve_windows(tiny_spec(), market, train=train, test=test, purge=purge)
+
+
+def test_window_defaults_follow_the_purge(market):
+    spec = tiny_spec()
+    w = resolve_windows(spec, market, test=TEST)
+    cal = market.calendar
+    assert w.purge == w.lookback == 61
+    assert w.gap == w.purge  # the training window ends exactly one purge before the test
+    assert cal.get_loc(w.test_start) - cal.get_loc(w.train_end) - 1 == 61
+    assert cal.get_loc(w.train_start) == w.lookback  # as early as the history allows
+    # a tuned planning horizon lengthens the lookback
+    mpo = parse_spec(
+        spec_dict(
+            "mpo",
+            tuning={"params": {"planning_horizon": {"low": 1, "high": 8, "log": False}}},
+        )
+    )
+    assert resolve_windows(mpo, market, test=TEST).lookback > w.lookback
+
+
+def test_parse_purge():
+    assert parse_purge("600d") == parse_purge("600") == parse_purge(600) == 600
+    assert parse_purge(None) is None
+    with pytest.raises(TuningError, match="600d"):
+        parse_purge("3m")
+
+
+# ------------------------------------------------------------------ bad specs
+@pytest.mark.parametrize(
+    ("tuning", "message"),
+    [
+        ({"params": {"gama_risk": {"low": 1, "high": 2}}}, "unknown tuning parameter 'gama_risk'"),
+        ({"params": {"gamma_risk": {"low": 10, "high": 1}}}, "empty or inverted"),
+        ({"params": {"gamma_trade": {"low": -1, "high": 1, "log": False}}}, "must be >= 0"),
+        ({"params": {"gamma_trade": {"low": 0, "high": 1}}}, "log-uniform range needs low > 0"),
+        ({"params": {}}, "empty"),
+        ({"objective": "sortino"}, "tuning.objective"),
+        ({"params": {"planning_horizon": {"low": 1, "high": 3}}}, "needs kind='mpo'"),
+        ({"trials": 0}, "tuning.trials"),
+    ],
+)
+def test_bad_search_space_is_a_spec_error(tuning, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(spec_dict("spo", tuning=tuning))
+
+
+def test_bad_arguments(market, tmp_path):
+    spec = tiny_spec()
+    kw = {"train": TRAIN, "test": TEST, "progress": False, "storage": _journal(tmp_path)}
+    with pytest.raises(TuningError, match="only spo and mpo"):
+        tune(parse_spec(spec_dict("hold")), market, **kw)
+    with pytest.raises(TuningError, match="unknown objective 'sortino'"):
+        tune(spec, market, objective="sortino", **kw)
+    with pytest.raises(TuningError, match="workers must be >= 1"):
+        tune(spec, market, workers=0, **kw)
+    with pytest.raises(TuningError, match="trials must be >= 1"):
+        tune(spec, market, trials=0, **kw)
+
+
+def test_unreachable_storage_url_is_named_without_its_password():
+    with pytest.raises(TuningError, match="cannot reach storage") as err:
+        open_storage("postgresql://mpo:secret@127.0.0.1:1/mpo")
+    assert "secret" not in str(err.value) and "mpo:***@127.0.0.1:1" in str(err.value)
+    with pytest.raises(TuningError, match="cannot open the journal storage"):
+        open_storage("/proc/no/such/dir/studies.journal")
+
+
+def test_resuming_with_other_settings_is_refused(market, tmp_path):
+    spec = tiny_spec()
+    kw = {"test": TEST, "storage": _journal(tmp_path), "evaluate": False, "progress": False}
+    tune(spec, market, trials=1, train=TRAIN, study_name="s", **kw)
+    with pytest.raises(TuningError, match="different configuration.*windows"):
+        tune(spec, market, trials=2, train=("2017-04-20", "2017-08-31"), study_name="s", **kw)
+
+
+# ------------------------------------------------------------------- failures
+def test_failed_trials_are_recorded_with_their_reason(market, tmp_path):
+    """min_weight 0.2 on 8 assets with leverage 1 is infeasible: every trial fails, the study
+    records why and stops, and tune says so instead of crashing."""
+    spec = parse_spec(
+        spec_dict("spo", constraints={"min_weight": 0.2, "max_weight": 0.3}, tuning={"trials": 2})
+    )
+    with pytest.raises(TuningError, match="no completed trial; trials failed, e.g.: infeasible"):
+        tune(spec, market, train=TRAIN, test=TEST, storage=_journal(tmp_path), progress=False)
+    study = optuna.load_study(study_name="spo-sharpe", storage=open_storage(_journal(tmp_path)))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 5  # stops after max(trials, 5) failures
+    assert all("infeasible" in t.user_attrs["fail_reason"] for t in failed)
+
+
+def test_undefined_objective_fails_the_trial(market):
+    """A policy that never leaves cash has no excess-return variance: its Sharpe is undefined
+    and the trial fails with that reason instead of returning a meaningless number."""
+    spec = parse_spec(spec_dict("spo", backtest={"initial": "cash"}, tuning={"prune": False}))
+    w = resolve_windows(spec, market, train=TRAIN, test=TEST)
+    job = _Job(spec, market.slice(end=w.train_end), w, "sharpe", 0.2, "", "", 1, 0, False, 1)
+    runner = _TrialRunner(job)
+    with pytest.raises(TrialFailure, match="undefined"):
+        runner.evaluate({"gamma_risk": 1.0, "gamma_trade": 1e4})
+    value, attrs = runner.evaluate({"gamma_risk": 1.0, "gamma_trade": 1.0})
+    assert np.isfinite(value) and attrs["annual_volatility"] > 0
+
+
+# ------------------------------------------------------- resume after kill -9
+def _write_kill_spec(tmp_path) -> Path:
+    spec = tmp_path / "kill.toml"
+    spec.write_text(
+        """
+name = "spo"
+kind = "spo"
+[data]
+source = "sp20"
+tickers = ["AAPL", "JNJ", "JPM", "KO", "MSFT", "PG"]
+adv = 1e8
+start = "2017-01-01"
+end = "2018-06-30"
+[forecast]
+lookback = 60
+[risk]
+lookback = 60
+[constraints]
+max_weight = 0.4
+[tuning]
+train_start = "2017-04-13"
+train_end = "2017-08-31"
+test_start = "2017-12-14"
+test_end = "2018-03-29"
+prune = false
+"""
+    )
+    return spec
+
+
+def test_study_killed_mid_way_resumes_without_losing_trials(tmp_path):
+    spec_path = _write_kill_spec(tmp_path)
+    storage = str(tmp_path / "kill.journal")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mpo",
+        "tune",
+        str(spec_path),
+        "--trials",
+        "8",
+        "--storage",
+        storage,
+        "--study",
+        "k",
+        "--out",
+        str(tmp_path / "runs"),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    finished_before: dict[int, float] = {}
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            if proc.poll() is not None:
+                pytest.fail(f"tune exited before the kill: {proc.stderr.read().decode()[-2000:]}")
+            if not Path(storage).exists():
+                continue
+            try:
+                study = optuna.load_study(study_name="k", storage=open_storage(storage))
+            except KeyError:
+                continue
+            done = study.get_trials(states=(TrialState.COMPLETE,))
+            running = study.get_trials(states=(TrialState.RUNNING,))
+            if len(done) >= 2 and running and running[0].params:
+                finished_before = {t.number: t.value for t in done}
+                os.kill(proc.pid, signal.SIGKILL)  # a real kill -9 of the worker process
+                break
+        else:
+            pytest.fail("the study did not reach 2 finished trials in time")
+    finally:
+        proc.kill()
+        proc.wait()
+    study = optuna.load_study(study_name="k", storage=open_storage(storage))
+    (orphan,) = study.get_trials(states=(TrialState.RUNNING,))  # left behind by the kill
+
+    # resume: the same command
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "out of sample" in proc.stdout
+
+    study = optuna.load_study(study_name="k", storage=open_storage(storage))
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 8
+    by_number = {t.number: t for t in trials}
+    for number, value in finished_before.items():  # nothing finished was lost or rerun
+        assert by_number[number].state == TrialState.COMPLETE
+        assert by_number[number].value == value
+    dead = by_number[orphan.number]
+    assert dead.state == TrialState.FAIL and "died" in dead.user_attrs["fail_reason"]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == orphan.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == orphan.params
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+# ---------------------------------------------------------------- two workers
+def test_two_worker_processes_share_one_journal_study(market, tmp_path):
+    spec = tiny_spec(prune=False)
+    res = tune(
+        spec,
+        market,
+        trials=6,
+        train=TRAIN,
+        test=TEST,
+        storage=_journal(tmp_path),
+        workers=2,
+        evaluate=False,
+        progress=False,
+    )
+    done = res.trials[res.trials["state"] == "COMPLETE"]
+    assert len(done) >= 6
+    assert done["worker"].nunique() == 2  # two processes did the work
+    assert os.getpid() not in {int(w.rsplit(":", 1)[1]) for w in done["worker"]}
+    params = done[["param_gamma_risk", "param_gamma_trade"]]
+    assert not params.duplicated().any()  # workers do not replay each other's random points
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MPO_TEST_POSTGRES_URL"),
+    reason="set MPO_TEST_POSTGRES_URL (as .ci/run does) to test a PostgreSQL storage",
+)
+def test_postgresql_storage_with_two_workers(market, tmp_path):
+    url = os.environ["MPO_TEST_POSTGRES_URL"]
+    name = f"pg-{os.getpid()}-{time.time_ns()}"
+    res = tune(
+        tiny_spec(prune=False),
+        market,
+        trials=4,
+        train=TRAIN,
+        test=TEST,
+        storage=url,
+        study_name=name,
+        workers=2,
+        evaluate=False,
+        progress=False,
+    )
+    assert (res.trials["state"] == "COMPLETE").sum() >= 4
+    assert res.trials["worker"].nunique() == 2
+    optuna.delete_study(study_name=name, storage=url)
+
+
+# ------------------------------------------------------------------------ CLI
+def test_cli_tune_prints_the_out_of_sample_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from mpo.cli import app
+
+    spec_path = _write_kill_spec(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(spec_path),
+            "--trials",
+            "3",
+            "--out",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--seed",
+            "2",
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "deflated Sharpe ratio" in out and "optuna-dashboard" in out
+    assert re.search(r"purge \d+ periods \(>= 61; longest lookback 61\)", out), out
+    for name in ("hold", "equal_weight", "spo-untuned", "spo-tuned"):
+        assert f"\n{name} " in out, out
+    assert (tmp_path / "runs" / "studies.journal").exists()
+    assert json.loads((tmp_path / "kill.tuned.json").read_text())["params"]
+    (run_dir,) = (tmp_path / "runs").glob("*-tune-spo")
+    assert (run_dir / "risk_return.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--purge", "5"], "shorter than the longest lookback"),
+        (["--train", "2017-04-13", "2018-01-10"], "overlaps the test window"),
+        (["--storage", "postgresql://u:pw@127.0.0.1:1/db"], "cannot reach storage"),
+        (["--objective", "calmar"], "unknown objective 'calmar'"),
+    ],
+)
+def test_cli_tune_bad_input_exits_with_a_specific_message(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from mpo.cli import app
+
+    spec_path = _write_kill_spec(tmp_path)
+    result = CliRunner().invoke(
+        app, ["tune", str(spec_path), "--out", str(tmp_path), "--no-progress", *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
