@@ -43,6 +43,9 @@ AdvOpt = Annotated[
 OutOpt = Annotated[Path, typer.Option("--out", help="Parent folder of run folders.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed (synthetic data, bootstrap CIs).")]
 QuietOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+ReportOpt = Annotated[
+    bool, typer.Option("--report/--no-report", help="Write report.html (figures, table).")
+]
 
 _PCT = (
     "annual_return",
@@ -70,6 +73,11 @@ _COLUMNS = {
 
 def format_table(table: pd.DataFrame) -> str:
     """Human-readable metrics table (percentages, CIs in brackets)."""
+    return formatted_table(table).to_string()
+
+
+def formatted_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The metrics table as display strings (percentages, CIs in brackets)."""
     t = table.copy()
     out = pd.DataFrame(index=t.index)
     for col in _COLUMNS:
@@ -97,7 +105,7 @@ def format_table(table: pd.DataFrame) -> str:
                 out[_COLUMNS[col]] = [f"{v:.1f}" for v in vals]
             else:
                 out[_COLUMNS[col]] = ["" if pd.isna(v) else f"{v:+.2f}" for v in vals]
-    return out.to_string()
+    return out
 
 
 def _load_market(ref, data, tickers, start, end, adv, seed):
@@ -142,6 +150,7 @@ def _run(
     out: Path,
     seed: int,
     no_progress: bool,
+    report: bool = True,
 ) -> None:
     from mpo.backtest import run_backtests
     from mpo.config import load_spec
@@ -164,7 +173,13 @@ def _run(
     stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
     name = "-".join(s.name for s in specs)[:60]
     run_dir = run.save(out / f"{stamp}-{name}")
-    typer.echo(f"\nresults written to {run_dir}")
+    if report:
+        from mpo.report import write_report
+
+        write_report(run, run_dir / "report.html", title=f"mpo: {', '.join(run.results)}")
+        typer.echo(f"\nresults and report.html written to {run_dir}")
+    else:
+        typer.echo(f"\nresults written to {run_dir}")
 
 
 def _tune(
@@ -281,6 +296,7 @@ def backtest(
     out: OutOpt = Path("runs"),
     seed: SeedOpt = 0,
     no_progress: QuietOpt = False,
+    report: ReportOpt = True,
 ) -> None:
     """Backtest one policy beside Hold and print the metrics table."""
     _guard(
@@ -296,6 +312,7 @@ def backtest(
         out,
         seed,
         no_progress,
+        report,
     )
 
 
@@ -312,8 +329,9 @@ def compare(
     out: OutOpt = Path("runs"),
     seed: SeedOpt = 0,
     no_progress: QuietOpt = False,
+    report: ReportOpt = True,
 ) -> None:
-    """Backtest several policies (and Hold) on the same market; one table."""
+    """Backtest several policies (and Hold) on the same market; one table and an HTML report."""
     _guard(
         _run,
         list(specs),
@@ -327,6 +345,7 @@ def compare(
         out,
         seed,
         no_progress,
+        report,
     )
 
 

@@ -744,7 +744,21 @@ class TuningResult:
         summary_ = self.summary()
         write_json(summary_, run_dir / "tuning.json")
         if self.test is not None:
+            from mpo.report import write_report
+
             self.test.save(run_dir / "test")
+            w = self.windows
+            write_report(
+                self.test,
+                run_dir / "report.html",
+                title=f"mpo tune {self.spec.name}: test window",
+                notes=(
+                    f"Tuned on {w.train_start.date()} to {w.train_end.date()} ({self.objective}, "
+                    f"study {self.study_name!r}); purge {w.gap} periods; best parameters "
+                    f"{self.best_params}; deflated Sharpe ratio of the selection "
+                    f"{self.deflated['dsr']:.3f} over {self.deflated['n_trials']} trials."
+                ),
+            )
         self.plots = _plots(self, run_dir)
         if spec_path is not None:
             target = Path(spec_path).with_suffix(".tuned.json")

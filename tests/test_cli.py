@@ -47,6 +47,7 @@ def test_readme_main_job_short_window(tmp_path):
     meta = json.loads((run_dir / "run.json").read_text())
     assert set(meta["metrics"]) == {"hold", "equal_weight", "spo", "mpo"}
     assert meta["window"]["start"] == "2022-10-03"
+    assert "<table" in (run_dir / "report.html").read_text()
 
 
 def test_backtest_on_dow30_with_observed_volumes(tmp_path):

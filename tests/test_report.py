@@ -1,0 +1,67 @@
+"""The HTML report: self-contained, renders, holds the table and the figures."""
+
+from __future__ import annotations
+
+import base64
+import io
+from html.parser import HTMLParser
+
+import matplotlib.image as mpimg
+import pytest
+
+from mpo.backtest import run_backtests
+from mpo.report import write_report
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in ("img", "meta", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}> after {self.stack}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def run(market, make_spec):
+    specs = [make_spec("spo"), make_spec("equal_weight", name="ew", rebalance_every=21)]
+    return run_backtests(specs, market, start="2017-06-01", progress=False)
+
+
+def test_report_is_self_contained_html_with_table_and_figures(run, tmp_path):
+    path = write_report(run, tmp_path / "report.html", title="test report", notes="a note")
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    parser = _Collect()
+    parser.feed(text)
+    parser.close()
+    assert parser.stack == ["html"] or parser.stack == [], parser.stack  # balanced tags
+    body = " ".join(parser.text)
+    for name in ("hold", "spo", "ew"):
+        assert name in body
+    assert "Sharpe 95% CI" in body and "dSharpe vs Hold" in body and "a note" in body
+    tables = [a for t, a in parser.tags if t == "table"]
+    assert len(tables) == 1 and "metrics" in tables[0]["class"]
+    cells = [t for t, _ in parser.tags if t == "td"]
+    assert len(cells) >= 3 * 10  # 3 policies x the metric columns
+    imgs = [a for t, a in parser.tags if t == "img"]
+    assert len(imgs) == 4
+    for a in imgs:
+        assert a["src"].startswith("data:image/png;base64,")  # nothing external to fetch
+        png = base64.b64decode(a["src"].split(",", 1)[1])
+        image = mpimg.imread(io.BytesIO(png), format="png")
+        assert image.shape[0] > 100 and image.shape[1] > 300
+        assert image.std() > 0.01  # not a blank picture
+    assert "http://" not in text and "https://" not in text
+    assert not list(tmp_path.glob("*.tmp"))
