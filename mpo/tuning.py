@@ -885,6 +885,11 @@ def tune(
         )
     windows = resolve_windows(spec, market, train=train, test=test, purge=purge)
     storage = str(storage) if storage is not None else str(Path("runs") / "studies.journal")
+    if workers > 1 and storage.startswith("sqlite"):
+        raise TuningError(
+            f"SQLite storage {storage!r} supports one worker at a time (concurrent writers lock "
+            "it); use the default journal file or a PostgreSQL URL with --workers > 1."
+        )
     study_name = study_name or f"{spec.name}-{kind}"
     job = _Job(
         spec=spec,

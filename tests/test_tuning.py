@@ -241,6 +241,8 @@ def test_bad_arguments(market, tmp_path):
         tune(spec, market, workers=0, **kw)
     with pytest.raises(TuningError, match="trials must be >= 1"):
         tune(spec, market, trials=0, **kw)
+    with pytest.raises(TuningError, match="SQLite storage .* one worker"):
+        tune(spec, market, workers=2, **{**kw, "storage": f"sqlite:///{tmp_path}/s.db"})
 
 
 def test_unreachable_storage_url_is_named_without_its_password():
@@ -485,3 +487,15 @@ def test_cli_tune_bad_input_exits_with_a_specific_message(tmp_path, args, messag
     )
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_sqlite_storage_single_worker_and_resume(market, tmp_path):
+    url = f"sqlite:///{tmp_path}/studies.db"
+    kw = {"train": TRAIN, "test": TEST, "storage": url, "evaluate": False, "progress": False}
+    first = tune(tiny_spec(), market, trials=2, **kw)
+    again = tune(tiny_spec(), market, trials=3, **kw)  # resumes: runs one more trial only
+    assert (first.trials["state"] == "COMPLETE").sum() == 2
+    assert (again.trials["state"] == "COMPLETE").sum() == 3
+    pd.testing.assert_series_equal(
+        first.trials["value"], again.trials["value"].iloc[:2], check_names=False
+    )
