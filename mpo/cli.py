@@ -17,7 +17,8 @@ from mpo.errors import MpoError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Portfolio backtests: Hold, equal weight, SPO and MPO (Boyd et al. 2017) in cvxportfolio.",
+    help="Portfolio backtests: Hold, equal weight, SPO and MPO (Boyd et al. 2017) in cvxportfolio; "
+    "Optuna tuning; DMPO training.",
 )
 
 DataOpt = Annotated[
@@ -422,6 +423,14 @@ def tune(
         timeout,
     )
 
+
+def _register_learn() -> None:
+    from mpo.learn.cli import register
+
+    register(app)
+
+
+_register_learn()
 
 if __name__ == "__main__":  # pragma: no cover
     app()

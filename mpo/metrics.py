@@ -206,7 +206,9 @@ def expected_max_sharpe(n_trials: int, sharpe_variance: float) -> float:
 
 
 def deflated_sharpe_ratio(
-    excess: np.ndarray | dict[str, float], trial_sharpes: np.ndarray
+    excess: np.ndarray | dict[str, float],
+    trial_sharpes: np.ndarray,
+    n_trials: int | None = None,
 ) -> dict[str, float]:
     """Deflated Sharpe ratio of the selected strategy among several trials.
 
@@ -219,11 +221,13 @@ def deflated_sharpe_ratio(
     strategy's true Sharpe is positive after the selection among ``N``
     trials. Treating every trial as independent makes ``N`` an upper bound of
     the effective number of trials, so the correction is conservative.
+    ``n_trials`` (default: the number of finite ``trial_sharpes``) counts
+    trials tried without a full-window Sharpe too, e.g. pruned ones.
     """
     moments = excess if isinstance(excess, dict) else return_moments(excess)
     s = np.asarray(trial_sharpes, dtype=float)
     s = s[np.isfinite(s)]
-    n = max(int(s.size), 1)
+    n = max(int(s.size), 1) if n_trials is None else max(int(n_trials), int(s.size), 1)
     var = float(s.var(ddof=1)) if s.size > 1 else 0.0
     sr0 = expected_max_sharpe(n, var)
     return {

@@ -925,7 +925,10 @@ def tune(
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if "moments" in t.user_attrs
     ]
-    deflated = deflated_sharpe_ratio(best.user_attrs["moments"], np.asarray(sharpes))
+    # N counts every finished trial: pruned ones were tried (and rejected) too.
+    deflated = deflated_sharpe_ratio(
+        best.user_attrs["moments"], np.asarray(sharpes), n_trials=_count(study)[0]
+    )
     tuned = _tuned_spec(spec, best.params)
     test_run = None
     if evaluate:

@@ -9,12 +9,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 import pandas as pd
 import pytest
+from spec_helpers import TIGHT, spec_dict  # noqa: F401  (re-exported for the tests)
 
 from mpo.config import parse_spec
 from mpo.data.market import MarketData
-
-#: CLARABEL tolerances for comparisons against hand-written problems.
-TIGHT = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
 
 TICKERS = ["AAPL", "JNJ", "JPM", "KO", "MSFT", "PG", "WMT", "XOM"]
 
@@ -45,30 +43,6 @@ def make_market(prices: pd.DataFrame, seed: int = 0, cash: float = 0.0) -> Marke
 def market(sp_prices) -> MarketData:
     """8 real stocks, 2017-01 to 2018-06 (~370 periods), synthetic volumes, 1 bp/day cash."""
     return make_market(sp_prices.loc["2017-01-01":"2018-06-30", TICKERS], cash=1e-4)
-
-
-def spec_dict(kind: str = "spo", **sections) -> dict:
-    """A small, fast spec (short lookbacks) as a dict; override sections by keyword."""
-    base = {
-        "name": kind,
-        "kind": kind,
-        "forecast": {"kind": "rolling_mean", "lookback": 60},
-        "risk": {"kind": "full", "lookback": 60},
-        "objective": {
-            "gamma_risk": 5.0,
-            "gamma_trade": 1.0,
-            "planning_horizon": 1 if kind != "mpo" else 3,
-        },
-        "constraints": {"long_only": True, "max_weight": 0.3, "leverage": 1.0},
-        "costs": {"half_spread": 0.0005, "impact": 1.0},
-        "backtest": {"solver_options": TIGHT},
-    }
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return base
 
 
 @pytest.fixture(scope="session")

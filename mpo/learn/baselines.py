@@ -1,0 +1,320 @@
+"""Baselines trained on the same windows as DMPO.
+
+* **Two-stage** (predict, then optimise): the same encoder trained on the MSE of next
+  returns; its ``mu_hat`` and a Ledoit-Wolf covariance (``sklearn.covariance.LedoitWolf``
+  on the ``lw_lookback`` returns before ``t``) go into the same QP with the same limits.
+* **Direct weights** (seed 001, the myopic approach): the encoder's first-step output
+  is read as logits, ``softmax`` gives target weights, and the turnover limit is
+  enforced by the exact Euclidean projection :func:`project_turnover` onto
+  ``{1'w = 1, 0 <= w <= w_max, ||w - w_prev||_1 <= delta}``; trained on the same
+  net-return Sharpe loss.
+* **Equal weight**: the projection of ``1/n`` (trades towards equal weight as far as
+  the turnover limit allows).
+
+Projection algorithm: with multipliers ``nu`` (budget) and ``beta >= 0`` (turnover), the
+KKT conditions give ``w_i = clip(p_i + soft(v_i + nu - p_i, beta), 0, u)``. For fixed
+``beta`` the budget sum is continuous, nondecreasing and piecewise linear in ``nu`` with
+known breakpoints, so ``nu`` is found exactly (sort, locate, interpolate); the turnover is
+nonincreasing in ``beta``, which is bisected (60 halvings) keeping the feasible end.
+Its derivative is the orthogonal projection onto the complement of ``span(1_F, s_F)``
+on the free coordinates ``F`` (``s`` the trade signs; only ``1_F`` when the limit does
+not bind).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from torch import nn
+
+from mpo.learn.config import TrainSpec
+from mpo.learn.dataset import Split, WindowDataset
+from mpo.learn.encoders import EncoderConfig, build_encoder
+from mpo.learn.qp import QPSpec, min_turnover, solve_qp
+from mpo.learn.train import (
+    DTYPE,
+    CostParams,
+    Decide,
+    Trained,
+    feasibility_violation,
+    fit,
+    net_returns,
+    sample_w_prev,
+    seeded,
+    sharpe_loss,
+    utility_loss,
+)
+
+__all__ = [
+    "DirectModel",
+    "TwoStageModel",
+    "equal_weight_decider",
+    "ledoit_wolf_factors",
+    "project_turnover",
+    "train_direct",
+    "train_two_stage",
+]
+
+logger = logging.getLogger(__name__)
+
+_BISECT = 60
+
+
+# ------------------------------------------------------------------- projection
+def _coordinate(v, p, nu, beta, u):
+    """``clip(p + soft(v + nu - p, beta), 0, u)`` with broadcasting."""
+    x = v + nu - p
+    return (p + torch.sign(x) * (x.abs() - beta).clamp(min=0)).clamp(0.0, u)
+
+
+def _solve_nu(v: torch.Tensor, p: torch.Tensor, beta: torch.Tensor, u: float) -> torch.Tensor:
+    """Exact ``nu`` with ``sum_i w_i(nu, beta) = 1`` (``v``, ``p`` ``(B, n)``, ``beta`` ``(B,)``)."""
+    b = beta[:, None]
+    bps = torch.cat([p - v + b, p - v - b, b - v, -b - v, u - v + b, u - v - b], -1)
+    bps, _ = torch.sort(bps, -1)  # (B, m)
+    S = _coordinate(v[:, None], p[:, None], bps[..., None], b[..., None], u).sum(-1)  # (B, m)
+    j = (S <= 1.0).sum(-1).clamp(1, bps.shape[1] - 1) - 1
+    lo, hi = bps.gather(1, j[:, None])[:, 0], bps.gather(1, j[:, None] + 1)[:, 0]
+    slo, shi = S.gather(1, j[:, None])[:, 0], S.gather(1, j[:, None] + 1)[:, 0]
+    slope = shi - slo
+    frac = torch.where(slope > 0, (1.0 - slo) / slope.clamp(min=1e-300), torch.zeros_like(slo))
+    return lo + frac.clamp(0, 1) * (hi - lo)
+
+
+def _project(v: torch.Tensor, p: torch.Tensor, delta: torch.Tensor, u: float):
+    """Projection and its multipliers (no autograd)."""
+    B = v.shape[0]
+    zero = torch.zeros(B, dtype=v.dtype)
+    nu = _solve_nu(v, p, zero, u)
+    w = _coordinate(v, p, nu[:, None], 0.0, u)
+    active = (w - p).abs().sum(-1) > delta
+    beta = zero.clone()
+    if bool(active.any()):
+        va, pa, da = v[active], p[active], delta[active]
+        lo = torch.zeros(va.shape[0], dtype=v.dtype)
+        hi = torch.ones_like(lo)
+        for _ in range(200):  # grow hi until feasible
+            nu_hi = _solve_nu(va, pa, hi, u)
+            turn = (_coordinate(va, pa, nu_hi[:, None], hi[:, None], u) - pa).abs().sum(-1)
+            bad = turn > da
+            if not bool(bad.any()):
+                break
+            hi = torch.where(bad, 2 * hi, hi)
+        for _ in range(_BISECT):
+            mid = 0.5 * (lo + hi)
+            nu_m = _solve_nu(va, pa, mid, u)
+            turn = (_coordinate(va, pa, nu_m[:, None], mid[:, None], u) - pa).abs().sum(-1)
+            ok = turn <= da
+            hi, lo = torch.where(ok, mid, hi), torch.where(ok, lo, mid)
+        nu_a = _solve_nu(va, pa, hi, u)
+        w[active] = _coordinate(va, pa, nu_a[:, None], hi[:, None], u)
+        beta[active] = hi
+    return w, beta
+
+
+class _Projection(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, v, p, delta, u):
+        w, beta = _project(v.detach(), p.detach(), delta.detach(), u)
+        ctx.save_for_backward(w, p, beta)
+        ctx.u = u
+        return w
+
+    @staticmethod
+    def backward(ctx, g):
+        w, p, beta = ctx.saved_tensors
+        tol = 1e-12
+        free = (w > tol) & (w < ctx.u - tol) & ((w - p).abs() > tol)
+        ones = free.to(g.dtype)
+        sign = torch.sign(w - p) * ones * (beta > 0).to(g.dtype)[:, None]
+        A = torch.stack([ones, sign], -1)  # (B, n, 2)
+        gf = g * ones
+        coef = torch.linalg.pinv(A.mT @ A) @ (A.mT @ gf[..., None])
+        return (gf - (A @ coef)[..., 0]) * ones, None, None, None
+
+
+def project_turnover(
+    v: torch.Tensor, w_prev: torch.Tensor, delta: float | torch.Tensor, w_max: float | None
+) -> torch.Tensor:
+    """Euclidean projection of ``v`` ``(B, n)`` onto ``{1'w=1, 0<=w<=w_max, ||w-w_prev||_1<=delta}``.
+
+    Differentiable in ``v`` (see the module docstring). ``delta`` must be at least
+    :func:`mpo.learn.qp.min_turnover` of ``w_prev`` (``inf``: no turnover limit).
+    """
+    u = 1.0 if w_max is None else float(w_max)
+    delta = torch.as_tensor(delta, dtype=v.dtype).expand(v.shape[0]).contiguous()
+    need = min_turnover(w_prev.detach(), w_max)
+    if bool((delta < need - 1e-12).any()):
+        raise ValueError("delta is below the minimal turnover from w_prev; raise it.")
+    return _Projection.apply(v, w_prev, delta, u)
+
+
+# -------------------------------------------------------------------- two-stage
+def ledoit_wolf_factors(ds: WindowDataset, positions: np.ndarray, lookback: int) -> torch.Tensor:
+    """Cholesky factors ``(len, n, n)`` of Ledoit-Wolf covariances of the returns before each
+    position (the ``lookback`` rows ``pos - lookback .. pos - 1``; fewer at the start)."""
+    R = ds.returns.numpy()
+    out = np.empty((len(positions), ds.n_assets, ds.n_assets))
+    for k, pos in enumerate(positions):
+        window = R[max(0, pos - lookback) : pos]
+        if len(window) < 10:
+            raise ValueError(f"position {pos} has {len(window)} past returns; need >= 10.")
+        cov = LedoitWolf().fit(window).covariance_
+        out[k] = np.linalg.cholesky(cov + 1e-12 * np.eye(ds.n_assets))
+    return torch.tensor(out, dtype=DTYPE)
+
+
+class TwoStageModel(nn.Module):
+    """Encoder trained on MSE; decisions from its ``mu_hat`` and a Ledoit-Wolf risk model."""
+
+    def __init__(self, encoder_config: EncoderConfig, qp_config: dict) -> None:
+        super().__init__()
+        self.encoder_config = encoder_config
+        self.qp_config = dict(qp_config)
+        self.encoder = build_encoder(encoder_config).to(DTYPE)
+        n = encoder_config.n_assets
+        self.qp_spec = QPSpec(
+            n=n,
+            horizon=encoder_config.horizon,
+            risk_aversion=qp_config["risk_aversion"],
+            gamma=qp_config["gamma"],
+            eps=qp_config["eps"],
+            w_max=qp_config["w_max"],
+            factor="full",
+        )
+        self.delta = float(qp_config["delta"])
+
+    def mu(self, X: torch.Tensor) -> torch.Tensor:
+        return self.encoder(X.to(DTYPE)).mu.to(DTYPE)
+
+
+def train_two_stage(
+    spec: TrainSpec, ds: WindowDataset, train: Split, val: Split, *, progress: bool = True
+) -> Trained:
+    """Fit the encoder's ``mu_hat`` on the MSE of realised returns (early stop on val MSE)."""
+    from mpo.learn.train import qp_config_from_spec
+
+    enc = spec.encoder_config(ds.n_assets)
+    qp = {**qp_config_from_spec(spec), "learned_delta": False}
+    model = seeded(spec.train.seed, lambda: TwoStageModel(enc, qp))
+    scale = ds.spec.return_scale
+
+    def mse(pos) -> torch.Tensor:
+        return ((model.mu(ds.windows(pos)) - ds.targets(pos)) * scale).pow(2).mean()
+
+    def batch_loss(pos, epoch, gen):
+        return mse(pos), {"n": len(pos)}
+
+    def validate() -> float:
+        with torch.no_grad():
+            return -float(mse(val.positions))
+
+    result = fit(
+        model, batch_loss, validate, train.positions, spec.train,
+        epochs=spec.baselines.two_stage_epochs, desc="two-stage", progress=progress,
+    )  # fmt: skip
+    return Trained(model, result, "two_stage")
+
+
+def two_stage_decider(
+    model: TwoStageModel, ds: WindowDataset, split: Split, lookback: int
+) -> Decide:
+    """Sequential decisions: encoder ``mu_hat`` + Ledoit-Wolf factor into the hard-limit QP."""
+    model.eval()
+    with torch.no_grad():
+        mu = model.mu(ds.windows(split.positions))
+    L = ledoit_wolf_factors(ds, split.positions, lookback)
+
+    def decide(k: int, w_prev: torch.Tensor):
+        need = min_turnover(w_prev[None], model.qp_spec.w_max) + 1e-12
+        delta = torch.clamp(need, min=model.delta)
+        w, info = solve_qp(
+            model.qp_spec, mu[k : k + 1], L[k : k + 1], w_prev[None], delta, return_info=True
+        )
+        return w[0, 0], delta, bool(info.starved[0])
+
+    return decide
+
+
+# ----------------------------------------------------------------- direct weights
+class DirectModel(nn.Module):
+    """Softmax weights from the encoder's first-step output, projected onto the turnover set."""
+
+    def __init__(self, encoder_config: EncoderConfig, w_max: float | None, delta: float) -> None:
+        super().__init__()
+        self.encoder_config = encoder_config
+        self.encoder = build_encoder(encoder_config).to(DTYPE)
+        self.w_max = w_max
+        self.delta = float(delta)
+
+    def target(self, X: torch.Tensor) -> torch.Tensor:
+        """Unconstrained softmax weights ``(B, n)``."""
+        logits = self.encoder(X.to(DTYPE)).mu[:, 0].to(DTYPE) / self.encoder_config.mu_scale
+        return torch.softmax(logits, -1)
+
+    def forward(self, X: torch.Tensor, w_prev: torch.Tensor, delta) -> torch.Tensor:
+        return project_turnover(self.target(X), w_prev, delta, self.w_max)
+
+
+def train_direct(
+    spec: TrainSpec, ds: WindowDataset, train: Split, val: Split, *, progress: bool = True
+) -> Trained:
+    """Fit the direct-weights network on the same net-return loss as DMPO (hard limit)."""
+    enc = spec.encoder_config(ds.n_assets)
+    model = seeded(spec.train.seed, lambda: DirectModel(enc, spec.qp.w_max, spec.qp.delta))
+    costs = CostParams.from_spec(spec)
+    t = spec.train
+
+    def batch_loss(pos, epoch, gen) -> tuple:
+        n, B = ds.n_assets, len(pos)
+        w_prev = sample_w_prev(t.w_prev, B, n, spec.qp.w_max, t.w_prev_mix, gen)
+        w = model(ds.windows(pos), w_prev, spec.qp.delta)[:, None]
+        r = net_returns(w, w_prev, ds.targets(pos)[:, :1], ds.impact[pos], costs)
+        loss = sharpe_loss(r) if t.loss == "sharpe" else utility_loss(r, t.utility_risk_aversion)
+        viol = feasibility_violation(w, w_prev, spec.qp.delta, spec.qp.w_max)
+        return loss, {"n": B, "violation": viol}
+
+    def validate() -> float:
+        with torch.no_grad():
+            pos = val.positions
+            w_prev = torch.full((len(pos), ds.n_assets), 1.0 / ds.n_assets, dtype=DTYPE)
+            w = model(ds.windows(pos), w_prev, spec.qp.delta)[:, None]
+            r = net_returns(w, w_prev, ds.targets(pos)[:, :1], ds.impact[pos], costs)
+            ex = (r - ds.cash[pos]).numpy()
+        sd = ex.std(ddof=1)
+        return float(ex.mean() / sd * math.sqrt(252)) if sd > 0 else 0.0
+
+    result = fit(
+        model, batch_loss, validate, train.positions, spec.train,
+        epochs=spec.baselines.direct_epochs, desc="direct", progress=progress,
+    )  # fmt: skip
+    return Trained(model, result, "direct")
+
+
+def direct_decider(model: DirectModel, ds: WindowDataset, split: Split) -> Decide:
+    """Sequential decisions of the direct-weights network."""
+    model.eval()
+    with torch.no_grad():
+        target = model.target(ds.windows(split.positions))
+
+    def decide(k: int, w_prev: torch.Tensor):
+        delta = torch.clamp(min_turnover(w_prev[None], model.w_max) + 1e-12, min=model.delta)
+        w = project_turnover(target[k : k + 1], w_prev[None], delta, model.w_max)
+        return w[0], delta, False
+
+    return decide
+
+
+def equal_weight_decider(n: int, w_max: float | None, delta: float) -> Decide:
+    """Trade towards ``1/n`` as far as the turnover limit allows (exact projection)."""
+    ew = torch.full((1, n), 1.0 / n, dtype=DTYPE)
+
+    def decide(k: int, w_prev: torch.Tensor):
+        d = torch.clamp(min_turnover(w_prev[None], w_max) + 1e-12, min=delta)
+        return project_turnover(ew, w_prev[None], d, w_max)[0], d, False
+
+    return decide

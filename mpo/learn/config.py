@@ -1,0 +1,241 @@
+"""DMPO training specification: a TOML file validated by pydantic (see ``policies/dmpo.toml``).
+
+Unknown keys and out-of-range values raise :class:`~mpo.errors.SpecError` naming the
+file and the field, like :mod:`mpo.config`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mpo.errors import SpecError
+from mpo.learn.dataset import FEATURES, FeatureSpec
+from mpo.learn.encoders import EncoderConfig
+
+__all__ = [
+    "BaselinesSection",
+    "CostsSection",
+    "DataSection",
+    "EncoderSection",
+    "FeaturesSection",
+    "QPSection",
+    "SplitSection",
+    "TrainSection",
+    "TrainSpec",
+    "load_train_spec",
+    "parse_train_spec",
+]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Positive = Annotated[float, Field(gt=0)]
+NonNeg = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+Remedy = Literal["none", "l1_penalty", "larger_delta", "learned_delta", "curriculum"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSection(_Strict):
+    """Default data (the CLI's ``--data`` overrides ``source``)."""
+
+    source: str = "sp20"
+    tickers: list[str] | None = None
+    start: str | None = None
+    end: str | None = None
+    adv: Positive | None = Field(default=None, description="Assumed $ volume (sp20).")
+    seed: int = Field(default=0, description="Seed of the synthetic market.")
+    n_assets: PositiveInt = 20
+    n_periods: Annotated[int, Field(ge=100)] = 1500
+    predictability: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class FeaturesSection(_Strict):
+    """See :class:`mpo.learn.dataset.FeatureSpec`."""
+
+    window: PositiveInt = 20
+    features: list[Literal[FEATURES]] = ["returns"]  # type: ignore[valid-type]
+    vol_span: Annotated[float, Field(ge=1)] = 21.0
+    momentum_lookback: PositiveInt = 21
+    volume_span: Annotated[float, Field(ge=1)] = 10.0
+    return_scale: Positive = 100.0
+
+
+class SplitSection(_Strict):
+    """Chronological split fractions and purge gap (default ``T + H - 1``)."""
+
+    val: Fraction = 0.15
+    test: Fraction = 0.15
+    purge: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitSection:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test must be < 1, got {self.val} + {self.test}.")
+        return self
+
+
+class EncoderSection(_Strict):
+    """See :class:`mpo.learn.encoders.EncoderConfig`."""
+
+    kind: Literal["lstm", "transformer"] = "lstm"
+    hidden: PositiveInt = 32
+    layers: PositiveInt = 1
+    heads: PositiveInt = 2
+    factor: Literal["full", "lowrank", "lowrank_diag"] = "lowrank_diag"
+    rank: PositiveInt = 3
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    mu_scale: Positive = 1e-3
+    l_scale: Positive = 1e-2
+    diag_scale: Positive = 1e-4
+
+
+class QPSection(_Strict):
+    """The DMPO QP (see :class:`mpo.learn.qp.QPSpec`); ``delta`` is the hard turnover limit."""
+
+    horizon: Annotated[int, Field(ge=1, le=20)] = 1
+    risk_aversion: Positive = 1.0
+    gamma: NonNeg | None = Field(
+        default=None, description="L1 trading weight in the QP; default: costs.kappa."
+    )
+    delta: Positive = 0.2
+    w_max: Annotated[float, Field(gt=0, le=1)] | None = None
+    eps: Positive = 1e-6
+    backend: Literal["fast", "cvxpylayers"] = "fast"
+
+
+class CostsSection(_Strict):
+    """Realised costs charged in training and evaluation."""
+
+    kappa: NonNeg = 1e-3
+    impact: NonNeg = Field(default=0.0, description="b of b sigma |z|^1.5 sqrt(v / V).")
+    value: Positive = Field(default=1e6, description="Portfolio value for the impact term.")
+
+
+class TrainSection(_Strict):
+    """Optimiser, loss, schedule, early stopping and starvation remedy."""
+
+    loss: Literal["sharpe", "utility"] = "sharpe"
+    utility_risk_aversion: NonNeg = 10.0
+    steps: Literal["first", "plan"] = Field(
+        default="first", description="Net return of the executed step only, or of the plan."
+    )
+    epochs: PositiveInt = 20
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    lr: Positive = 3e-3
+    weight_decay: NonNeg = 1e-4
+    clip: Positive = 1.0
+    schedule: Literal["cosine", "none"] = "cosine"
+    patience: PositiveInt = 5
+    seed: int = 0
+    w_prev: Literal["equal", "random"] = "random"
+    w_prev_mix: Annotated[float, Field(ge=0, le=1)] = 0.5
+    remedy: Remedy = "l1_penalty"
+    l1_penalty: NonNeg = 1e-3
+    delta_factor: Annotated[float, Field(ge=1)] = 3.0
+    curriculum_epochs: PositiveInt = 5
+    max_batches: PositiveInt | None = Field(
+        default=None, description="Cap on batches per epoch (sampled without replacement)."
+    )
+
+
+class BaselinesSection(_Strict):
+    """The baselines trained on the same windows."""
+
+    two_stage_epochs: PositiveInt = 10
+    lw_lookback: Annotated[int, Field(ge=10)] = 252
+    direct_epochs: PositiveInt = 10
+
+
+class TrainSpec(_Strict):
+    """A complete DMPO training run."""
+
+    name: str = "dmpo"
+    description: str = ""
+    data: DataSection = DataSection()
+    features: FeaturesSection = FeaturesSection()
+    split: SplitSection = SplitSection()
+    encoder: EncoderSection = EncoderSection()
+    qp: QPSection = QPSection()
+    costs: CostsSection = CostsSection()
+    train: TrainSection = TrainSection()
+    baselines: BaselinesSection = BaselinesSection()
+
+    def feature_spec(self) -> FeatureSpec:
+        f = self.features
+        return FeatureSpec(
+            window=f.window,
+            horizon=self.qp.horizon,
+            features=tuple(f.features),
+            vol_span=f.vol_span,
+            momentum_lookback=f.momentum_lookback,
+            volume_span=f.volume_span,
+            return_scale=f.return_scale,
+        )
+
+    def encoder_config(self, n_assets: int) -> EncoderConfig:
+        e = self.encoder
+        return EncoderConfig(
+            kind=e.kind,
+            n_assets=n_assets,
+            n_features=len(self.features.features),
+            window=self.features.window,
+            horizon=self.qp.horizon,
+            hidden=e.hidden,
+            layers=e.layers,
+            heads=e.heads,
+            factor=e.factor,
+            rank=min(e.rank, n_assets),
+            dropout=e.dropout,
+            mu_scale=e.mu_scale,
+            l_scale=e.l_scale,
+            diag_scale=e.diag_scale,
+        )
+
+    @property
+    def qp_gamma(self) -> float:
+        return self.costs.kappa if self.qp.gamma is None else self.qp.gamma
+
+    def with_updates(self, **sections: dict) -> TrainSpec:
+        """Copy with fields of sections replaced (validated), e.g. ``train={"epochs": 3}``."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data[section] = {**data[section], **values}
+        return parse_train_spec(data, source=f"{self.name!r} with updates {sections}")
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid train spec {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown field {loc!r}; remove it or check its spelling.")
+        else:
+            lines.append(f"  - {loc}: {err['msg']} (got {err.get('input')!r}).")
+    return "\n".join(lines)
+
+
+def parse_train_spec(data: dict, source: str = "<dict>") -> TrainSpec:
+    """Validate a dict; :class:`SpecError` names ``source`` and each bad field."""
+    try:
+        return TrainSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format(exc, source)) from None
+
+
+def load_train_spec(path: str | Path) -> TrainSpec:
+    """Load and validate a TOML training spec."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"train spec {str(path)!r} does not exist; see policies/dmpo.toml.")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"train spec {str(path)!r} is not valid TOML: {exc}.") from None
+    return parse_train_spec(data, source=repr(str(path)))

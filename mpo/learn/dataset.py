@@ -1,0 +1,368 @@
+"""Features, windows and chronological splits for DMPO training.
+
+Conventions (those of :class:`~mpo.data.MarketData`): ``returns.loc[t]`` is the return
+from ``t`` to ``t+1``. A decision at ``t`` may use data strictly before ``t``; its
+realised returns over the planning horizon are ``returns.loc[t], ..., returns.loc[t+H-1]``.
+
+* :func:`compute_features` turns a market into a :class:`FeaturePanel` whose row ``t``
+  uses only data dated ``< t`` (returns of the period ``t-1`` and earlier, EWM
+  volatilities of those, rolling momentum, log volume surprise of the period ``t-1``).
+* :class:`WindowDataset` holds the panel and the realised returns as tensors; the
+  window of a decision at position ``t`` is ``features[t-T+1 : t+1]`` of shape
+  ``(T, n, F)`` (built on demand, never stored) and its targets ``returns[t : t+H]``.
+* :func:`chronological_split` cuts decision positions into train / validation / test
+  with a purge gap between them (default ``T + H - 1`` positions: no training target
+  overlaps a later window or target).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mpo.data.market import MarketData
+from mpo.errors import DataError, SpecError
+
+__all__ = [
+    "FEATURES",
+    "FeaturePanel",
+    "FeatureSpec",
+    "Split",
+    "WindowDataset",
+    "chronological_split",
+    "compute_features",
+    "make_dataset",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Feature names :func:`compute_features` knows.
+FEATURES = ("returns", "volatility", "momentum", "volume")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features, how long a window, how long a horizon.
+
+    Parameters
+    ----------
+    window : int
+        ``T``, periods per window.
+    horizon : int
+        ``H``, planning steps (realised returns per sample).
+    features : tuple of str
+        Subset of :data:`FEATURES`, in order (the last axis of every window).
+    vol_span : float
+        EWM span of the volatility feature and of the impact-cost volatility.
+    momentum_lookback : int
+        Periods of the momentum feature (mean past return times ``sqrt(lookback)``).
+    volume_span : float
+        EWM span of the mean dollar volume (volume feature and impact cost).
+    return_scale : float
+        Returns-like features are multiplied by this (100: percent).
+    """
+
+    window: int = 20
+    horizon: int = 1
+    features: tuple[str, ...] = ("returns",)
+    vol_span: float = 21.0
+    momentum_lookback: int = 21
+    volume_span: float = 10.0
+    return_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.horizon < 1:
+            raise SpecError(
+                f"window and horizon must be >= 1, got {self.window=}, {self.horizon=}."
+            )
+        if not self.features:
+            raise SpecError("features must name at least one feature, got an empty list.")
+        unknown = [f for f in self.features if f not in FEATURES]
+        if unknown or len(set(self.features)) != len(self.features):
+            raise SpecError(
+                f"features must be distinct names from {FEATURES}, got {list(self.features)}."
+            )
+        if self.vol_span < 1 or self.volume_span < 1 or self.momentum_lookback < 1:
+            raise SpecError(
+                f"vol_span, volume_span and momentum_lookback must be >= 1, got "
+                f"{self.vol_span=}, {self.volume_span=}, {self.momentum_lookback=}."
+            )
+        if not self.return_scale > 0:
+            raise SpecError(f"return_scale must be > 0, got {self.return_scale=}.")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def warmup(self) -> int:
+        """Leading periods without a complete feature row (dropped)."""
+        need = 1
+        if "volatility" in self.features:
+            need = max(need, 3)
+        if "momentum" in self.features:
+            need = max(need, self.momentum_lookback)
+        if "volume" in self.features:
+            need = max(need, 2)
+        return need
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists for tuples), stored in checkpoints."""
+        out = asdict(self)
+        out["features"] = list(self.features)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureSpec:
+        data = dict(data)
+        data["features"] = tuple(data.get("features", ("returns",)))
+        return cls(**data)
+
+
+@dataclass(frozen=True, eq=False)
+class FeaturePanel:
+    """Feature values ``(D, n, F)``: row ``t`` uses only data dated before ``t``.
+
+    Constructing one checks that every value is finite; a NaN or inf raises
+    :class:`DataError` naming the feature, ticker and date.
+    """
+
+    values: np.ndarray
+    dates: pd.DatetimeIndex
+    tickers: list[str]
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        v = self.values
+        if v.ndim != 3 or v.shape != (len(self.dates), len(self.tickers), len(self.names)):
+            raise DataError(
+                f"feature values must have shape (dates, tickers, features) = "
+                f"({len(self.dates)}, {len(self.tickers)}, {len(self.names)}), got {v.shape}."
+            )
+        bad = ~np.isfinite(v)
+        if bad.any():
+            t, i, f = (int(a[0]) for a in np.nonzero(bad))
+            raise DataError(
+                f"feature {self.names[f]!r} is {v[t, i, f]} for ticker {self.tickers[i]!r} on "
+                f"{self.dates[t].date()} ({int(bad.sum())} non-finite value(s) in all). Clean "
+                "the input data or drop the feature."
+            )
+
+
+def _past_ewm(frame: pd.DataFrame, span: float, kind: str) -> pd.DataFrame:
+    """EWM mean/std of rows ``< t`` at row ``t`` (shifted by one period)."""
+    ewm = frame.ewm(span=span, adjust=True, min_periods=2 if kind == "std" else 1)
+    stat = ewm.std(bias=False) if kind == "std" else ewm.mean()
+    return stat.shift(1)
+
+
+def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
+    """Feature panel of ``market``; row ``t`` depends on data before ``t`` only.
+
+    The first :attr:`FeatureSpec.warmup` dates (incomplete features) are dropped.
+
+    Parameters
+    ----------
+    market : MarketData
+        Validated market.
+    spec : FeatureSpec
+        Which features.
+
+    Returns
+    -------
+    FeaturePanel
+    """
+    r = market.returns
+    s = spec.return_scale
+    cols: dict[str, pd.DataFrame] = {}
+    for name in spec.features:
+        if name == "returns":
+            cols[name] = r.shift(1) * s
+        elif name == "volatility":
+            cols[name] = _past_ewm(r, spec.vol_span, "std") * s
+        elif name == "momentum":
+            L = spec.momentum_lookback
+            cols[name] = r.rolling(L, min_periods=L).mean().shift(1) * s * np.sqrt(L)
+        elif name == "volume":
+            logv = np.log(market.dollar_volumes)
+            cols[name] = (logv - _past_ewm(logv, spec.volume_span, "mean")).shift(1)
+    start = spec.warmup
+    market.require_history(start + spec.window + spec.horizon, "the feature windows")
+    values = np.stack([cols[name].to_numpy(dtype=float)[start:] for name in spec.features], -1)
+    return FeaturePanel(values, r.index[start:], market.tickers, tuple(spec.features))
+
+
+def impact_scale(market: MarketData, spec: FeatureSpec) -> pd.DataFrame:
+    """``sigma_t / sqrt(V_t)`` per asset from data before ``t`` (1.5-power impact coefficient).
+
+    The impact cost of a trade ``z`` (fraction of a portfolio of value ``v``) is
+    ``b * sigma * |z|^1.5 * sqrt(v / V)`` (mpo's :class:`~mpo.costs.CostModel`).
+    """
+    sigma = _past_ewm(market.returns, spec.vol_span, "std")
+    volume = _past_ewm(market.dollar_volumes, spec.volume_span, "mean")
+    return (sigma / np.sqrt(volume)).fillna(0.0)  # unknown at the very start: not charged
+
+
+@dataclass(frozen=True)
+class Split:
+    """Decision positions of one chronological split (indices into the dataset)."""
+
+    name: str
+    positions: np.ndarray
+    start: pd.Timestamp
+    end: pd.Timestamp
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def describe(self) -> dict:
+        return {
+            "samples": len(self),
+            "start": str(self.start.date()),
+            "end": str(self.end.date()),
+        }
+
+
+@dataclass(eq=False)
+class WindowDataset:
+    """Feature panel, realised returns and cost inputs as float64 tensors.
+
+    Attributes
+    ----------
+    features : torch.Tensor
+        ``(D, n, F)``; row ``t`` uses data before ``dates[t]``.
+    returns : torch.Tensor
+        ``(D, n)``: ``returns[t]`` is realised from ``dates[t]`` to the next date.
+    cash : torch.Tensor
+        ``(D,)`` cash return of the same periods.
+    impact : torch.Tensor
+        ``(D, n)`` ``sigma / sqrt(V)`` from data before ``dates[t]``.
+    dates : pd.DatetimeIndex
+    tickers : list of str
+    spec : FeatureSpec
+    fingerprint : str
+        The market's fingerprint.
+    """
+
+    features: torch.Tensor
+    returns: torch.Tensor
+    cash: torch.Tensor
+    impact: torch.Tensor
+    dates: pd.DatetimeIndex
+    tickers: list[str]
+    spec: FeatureSpec
+    fingerprint: str = ""
+    _offsets: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._offsets = torch.arange(-self.spec.window + 1, 1)
+
+    @property
+    def n_assets(self) -> int:
+        return len(self.tickers)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """Every position with a complete window and complete horizon of targets."""
+        T, H = self.spec.window, self.spec.horizon
+        return np.arange(T - 1, len(self.dates) - H + 1)
+
+    def windows(self, pos: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Windows ``(b, T, n, F)`` ending at (and including) each position."""
+        idx = torch.as_tensor(np.asarray(pos), dtype=torch.long)
+        return self.features[idx[:, None] + self._offsets]
+
+    def targets(self, pos: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Realised returns ``(b, H, n)`` of the planning steps of each decision."""
+        idx = torch.as_tensor(np.asarray(pos), dtype=torch.long)
+        return self.returns[idx[:, None] + torch.arange(self.spec.horizon)]
+
+
+def make_dataset(market: MarketData, spec: FeatureSpec) -> WindowDataset:
+    """Features, realised returns and impact inputs of ``market`` on one calendar.
+
+    Raises
+    ------
+    DataError
+        Too short a history for one window plus its horizon, or non-finite features.
+    """
+    panel = compute_features(market, spec)
+    dates = panel.dates
+    n_pos = len(dates) - spec.window - spec.horizon + 2
+    if n_pos < 1:
+        raise DataError(
+            f"data {market.name!r} has {len(market.calendar)} periods; a window of "
+            f"{spec.window} plus a horizon of {spec.horizon} after a warm-up of {spec.warmup} "
+            "needs more. Use a longer history or a shorter window."
+        )
+    t64 = lambda x: torch.tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
+    return WindowDataset(
+        features=t64(panel.values),
+        returns=t64(market.returns.loc[dates].to_numpy(dtype=float)),
+        cash=t64(market.cash_return.loc[dates].to_numpy(dtype=float)),
+        impact=t64(impact_scale(market, spec).loc[dates].to_numpy(dtype=float)),
+        dates=dates,
+        tickers=list(market.tickers),
+        spec=spec,
+        fingerprint=market.fingerprint(),
+    )
+
+
+def chronological_split(
+    dataset: WindowDataset,
+    val: float = 0.15,
+    test: float = 0.15,
+    purge: int | None = None,
+    min_samples: int = 10,
+) -> tuple[Split, Split, Split]:
+    """Train / validation / test decision positions in time order, separated by purges.
+
+    Parameters
+    ----------
+    dataset : WindowDataset
+    val, test : float
+        Fractions of the usable positions for validation and test (after purging).
+    purge : int or None
+        Positions dropped before the validation and before the test block; ``None``
+        uses ``T + H - 1`` (no window or target of a later split overlaps a target of
+        an earlier one).
+    min_samples : int
+        Fewest positions each split must keep.
+
+    Raises
+    ------
+    DataError
+        When a split would have fewer than ``min_samples`` positions.
+    SpecError
+        Fractions outside ``(0, 1)`` or summing to ``>= 1``; negative purge.
+    """
+    if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
+        raise SpecError(f"val and test must be in (0, 1) with val + test < 1, got {val=}, {test=}.")
+    T, H = dataset.spec.window, dataset.spec.horizon
+    gap = T + H - 1 if purge is None else purge
+    if gap < 0:
+        raise SpecError(f"purge must be >= 0, got {purge=}.")
+    pos = dataset.positions
+    usable = len(pos) - 2 * gap
+    n_val, n_test = int(round(usable * val)), int(round(usable * test))
+    n_train = usable - n_val - n_test
+    if min(n_train, n_val, n_test) < min_samples:
+        raise DataError(
+            f"{len(pos)} decision dates ({dataset.dates[0].date()} to "
+            f"{dataset.dates[-1].date()}) give train/val/test = {n_train}/{n_val}/{n_test} "
+            f"samples after purge gaps of {gap}; each needs >= {min_samples}. Use a longer "
+            "history, a shorter window, or smaller purge."
+        )
+    train = pos[:n_train]
+    v0 = n_train + gap
+    valid = pos[v0 : v0 + n_val]
+    test_pos = pos[v0 + n_val + gap : v0 + n_val + gap + n_test]
+
+    def split(name: str, p: np.ndarray) -> Split:
+        return Split(name, p, dataset.dates[p[0]], dataset.dates[p[-1]])
+
+    return split("train", train), split("val", valid), split("test", test_pos)

@@ -1,0 +1,260 @@
+"""Encoders mapping a feature window to DMPO views (``mu_hat`` per planning step, risk).
+
+Both encoders take ``X`` of shape ``(B, T, n, F)`` (batch, window, assets, features) and
+return one :class:`Views`:
+
+* ``mu``: ``(B, H, n)``, expected returns of the ``H`` planning steps,
+* ``L``: ``(B, n, k)``, a risk factor shared by the steps (``k = n`` for ``"full"``),
+* ``d``: ``(B, n)`` positive diagonal (``factor="lowrank_diag"`` only),
+
+so that ``Sigma_hat = L L' (+ diag(d)) + eps I`` (``eps`` is the QP's ridge).
+
+``LSTMEncoder`` (seed paper): ``h_t = LSTM(X_t)`` over time with the ``n * F`` features
+of a date as one input vector; ``mu_hat = Linear(h_T)`` for each of the ``H`` steps,
+``L = Linear(h_T)``, ``d = Softplus(Linear(h_T))``. Parameters, with ``I = n F``,
+``h = hidden``, ``l = layers``::
+
+    4 h (I + h + 2) + (l - 1) 4 h (2 h + 2)        LSTM
+    + (h + 1) (H n) + (h + 1) (n k) [+ (h + 1) n]  heads (mu, L [, d])
+
+``TransformerEncoder`` (seed 001): per asset a token ``Linear(F, e)`` per date plus a
+learned temporal encoding ``(T, e)`` and an asset embedding ``(n, e)``; ``layers``
+blocks of self-attention over time (per asset, last token kept), then one block of
+cross-asset attention; per-asset heads ``Linear(e, H)``, ``Linear(e, k)`` and
+``Linear(e, 1)``. Each attention block (``nn.TransformerEncoderLayer``, feed-forward
+``2 e``) has ``4 e^2 + 4 e`` (attention) ``+ 4 e^2 + 3 e`` (feed-forward) ``+ 4 e``
+(norms) ``= 8 e^2 + 11 e`` parameters, so in all::
+
+    (F + 1) e + T e + n e + (layers + 1)(8 e^2 + 11 e)
+    + (e + 1) H + (e + 1) k [+ (e + 1)]
+
+:func:`expected_param_count` evaluates these formulas (tested against ``numel``).
+Outputs are scaled by ``mu_scale`` and ``l_scale`` (daily returns are ``~1e-3``
+and daily volatilities ``~1e-2``) so that a freshly initialised encoder produces
+views of the right order of magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mpo.errors import SpecError
+
+__all__ = [
+    "EncoderConfig",
+    "LSTMEncoder",
+    "TransformerEncoder",
+    "Views",
+    "build_encoder",
+    "expected_param_count",
+]
+
+
+@dataclass(frozen=True)
+class Views:
+    """What an encoder predicts for a batch of decision dates.
+
+    Attributes
+    ----------
+    mu : torch.Tensor
+        ``(B, H, n)`` expected returns per planning step.
+    L : torch.Tensor
+        ``(B, n, k)`` risk factor, shared by all steps.
+    d : torch.Tensor or None
+        ``(B, n)`` positive diagonal risk, or ``None``.
+    """
+
+    mu: torch.Tensor
+    L: torch.Tensor
+    d: torch.Tensor | None = None
+
+    def to(self, dtype: torch.dtype) -> Views:
+        """Cast every tensor (e.g. to float64 before the QP)."""
+        return Views(
+            self.mu.to(dtype), self.L.to(dtype), None if self.d is None else self.d.to(dtype)
+        )
+
+    def index(self, idx) -> Views:
+        """Sub-batch ``idx`` (anything tensor indexing accepts)."""
+        return Views(self.mu[idx], self.L[idx], None if self.d is None else self.d[idx])
+
+    def sigma(self, eps: float = 0.0) -> torch.Tensor:
+        """``L L' (+ diag(d)) + eps I``, shape ``(B, n, n)``."""
+        S = self.L @ self.L.mT
+        diag = torch.full(S.shape[:-1], eps, dtype=S.dtype)
+        if self.d is not None:
+            diag = diag + self.d
+        return S + torch.diag_embed(diag)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of an encoder (stored in checkpoints).
+
+    Parameters
+    ----------
+    kind : {"lstm", "transformer"}
+    n_assets, n_features, window, horizon : int
+        ``n``, ``F``, ``T``, ``H``.
+    hidden : int
+        LSTM hidden size ``h`` / transformer width ``e``.
+    layers : int
+        LSTM layers / temporal attention blocks.
+    heads : int
+        Attention heads (transformer; must divide ``hidden``).
+    factor : {"full", "lowrank", "lowrank_diag"}
+        Risk output: ``n x n`` factor, ``n x rank``, or ``n x rank`` plus diagonal.
+    rank : int
+        ``k`` for the low-rank factors.
+    dropout : float
+    mu_scale, l_scale, diag_scale : float
+        Output scales of ``mu``, ``L`` (divided by ``sqrt(k)``) and ``d``.
+    """
+
+    kind: Literal["lstm", "transformer"] = "lstm"
+    n_assets: int = 20
+    n_features: int = 1
+    window: int = 20
+    horizon: int = 1
+    hidden: int = 32
+    layers: int = 1
+    heads: int = 2
+    factor: Literal["full", "lowrank", "lowrank_diag"] = "lowrank_diag"
+    rank: int = 3
+    dropout: float = 0.0
+    mu_scale: float = 1e-3
+    l_scale: float = 1e-2
+    diag_scale: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("lstm", "transformer"):
+            raise SpecError(f"encoder kind must be 'lstm' or 'transformer', got {self.kind=}.")
+        if self.factor not in ("full", "lowrank", "lowrank_diag"):
+            raise SpecError(f"factor must be full, lowrank or lowrank_diag, got {self.factor=}.")
+        for name in ("n_assets", "n_features", "window", "horizon", "hidden", "layers", "rank"):
+            if getattr(self, name) < 1:
+                raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.kind == "transformer" and self.hidden % self.heads:
+            raise SpecError(f"heads must divide hidden, got {self.hidden=}, {self.heads=}.")
+        if not 0 <= self.dropout < 1:
+            raise SpecError(f"dropout must be in [0, 1), got {self.dropout=}.")
+
+    @property
+    def k(self) -> int:
+        """Columns of ``L``."""
+        return self.n_assets if self.factor == "full" else self.rank
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EncoderConfig:
+        return cls(**data)
+
+
+class _Heads(nn.Module):
+    """Linear heads from a representation to ``mu``, ``L`` (and ``d``)."""
+
+    def __init__(self, cfg: EncoderConfig, width: int, per_asset: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.per_asset = per_asset
+        n, H, k = cfg.n_assets, cfg.horizon, cfg.k
+        self.mu = nn.Linear(width, H if per_asset else H * n)
+        self.L = nn.Linear(width, k if per_asset else n * k)
+        self.d = None
+        if cfg.factor == "lowrank_diag":
+            self.d = nn.Linear(width, 1 if per_asset else n)
+
+    def forward(self, z: torch.Tensor) -> Views:
+        """``z``: ``(B, width)`` (pooled) or ``(B, n, width)`` (per asset)."""
+        cfg = self.cfg
+        B, n, H, k = z.shape[0], cfg.n_assets, cfg.horizon, cfg.k
+        if self.per_asset:
+            mu = self.mu(z).transpose(1, 2)
+            L = self.L(z)
+            d = None if self.d is None else self.d(z).squeeze(-1)
+        else:
+            mu = self.mu(z).reshape(B, H, n)
+            L = self.L(z).reshape(B, n, k)
+            d = None if self.d is None else self.d(z)
+        mu = cfg.mu_scale * mu
+        L = cfg.l_scale / math.sqrt(k) * L
+        if d is not None:
+            d = cfg.diag_scale * F.softplus(d)
+        return Views(mu, L, d)
+
+
+class LSTMEncoder(nn.Module):
+    """LSTM over time on the flattened cross-section; see the module docstring."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.lstm = nn.LSTM(
+            cfg.n_assets * cfg.n_features,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+        self.heads = _Heads(cfg, cfg.hidden, per_asset=False)
+
+    def forward(self, X: torch.Tensor) -> Views:
+        """``X``: ``(B, T, n, F)`` -> :class:`Views`."""
+        B, T = X.shape[:2]
+        out, _ = self.lstm(X.reshape(B, T, -1))
+        return self.heads(out[:, -1])
+
+
+class TransformerEncoder(nn.Module):
+    """Temporal self-attention per asset, then cross-asset attention; see the module docstring."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        e = cfg.hidden
+        self.embed = nn.Linear(cfg.n_features, e)
+        self.time_pos = nn.Parameter(0.02 * torch.randn(cfg.window, e))
+        self.asset_emb = nn.Parameter(0.02 * torch.randn(cfg.n_assets, e))
+
+        def block() -> nn.TransformerEncoderLayer:
+            return nn.TransformerEncoderLayer(
+                e, cfg.heads, dim_feedforward=2 * e, dropout=cfg.dropout, batch_first=True
+            )
+
+        self.temporal = nn.TransformerEncoder(block(), cfg.layers, enable_nested_tensor=False)
+        self.cross = nn.TransformerEncoder(block(), 1, enable_nested_tensor=False)
+        self.heads = _Heads(cfg, e, per_asset=True)
+
+    def forward(self, X: torch.Tensor) -> Views:
+        """``X``: ``(B, T, n, F)`` -> :class:`Views`."""
+        B, T, n, _ = X.shape
+        tok = self.embed(X) + self.time_pos[:, None, :] + self.asset_emb  # (B, T, n, e)
+        tok = tok.permute(0, 2, 1, 3).reshape(B * n, T, -1)
+        last = self.temporal(tok)[:, -1].reshape(B, n, -1)
+        return self.heads(self.cross(last))
+
+
+def build_encoder(cfg: EncoderConfig) -> LSTMEncoder | TransformerEncoder:
+    """The encoder ``cfg.kind`` names (parameters initialised from torch's global RNG)."""
+    return LSTMEncoder(cfg) if cfg.kind == "lstm" else TransformerEncoder(cfg)
+
+
+def expected_param_count(cfg: EncoderConfig) -> int:
+    """Parameter count from the formulas of the module docstring."""
+    n, Fe, T, H, k, h = cfg.n_assets, cfg.n_features, cfg.window, cfg.horizon, cfg.k, cfg.hidden
+    diag = cfg.factor == "lowrank_diag"
+    if cfg.kind == "lstm":
+        lstm = 4 * h * (n * Fe + h + 2) + (cfg.layers - 1) * 4 * h * (2 * h + 2)
+        return lstm + (h + 1) * (H * n) + (h + 1) * (n * k) + ((h + 1) * n if diag else 0)
+    e = h
+    blocks = (cfg.layers + 1) * (8 * e * e + 11 * e)
+    heads = (e + 1) * H + (e + 1) * k + ((e + 1) if diag else 0)
+    return (Fe + 1) * e + T * e + n * e + blocks + heads

@@ -1,0 +1,99 @@
+"""``mpo train``: the table, the run folder, the shipped spec, and spec errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import _helpers  # noqa: F401  (one torch thread)
+import typer
+from typer.testing import CliRunner
+
+from mpo.learn.checkpoint import check_compatible, load_checkpoint
+from mpo.learn.cli import register
+from mpo.learn.config import load_train_spec
+
+ROOT = Path(__file__).parents[2]
+runner = CliRunner()
+
+SPEC = """
+name = "tiny"
+[data]
+source = "synthetic"
+n_assets = 5
+n_periods = 360
+predictability = 0.5
+[features]
+window = 5
+[split]
+val = 0.2
+test = 0.2
+[encoder]
+hidden = 8
+rank = 2
+mu_scale = 0.01
+[qp]
+delta = 0.2
+w_max = 0.5
+[train]
+epochs = 2
+batch_size = 32
+max_batches = 2
+[baselines]
+two_stage_epochs = 1
+direct_epochs = 1
+lw_lookback = 60
+"""
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:  # a second command so that "train" stays a subcommand
+        """Unused."""
+
+    return app
+
+
+def test_train_prints_the_table_and_writes_the_run_folder(tmp_path):
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    out = tmp_path / "runs"
+    result = runner.invoke(
+        _app(), ["train", str(spec), "--out", str(out), "--seed", "3", "--no-progress"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("dmpo", "two_stage", "direct", "equal_weight"):
+        assert re.search(rf"^{name}\s+[+-]\d", result.output, flags=re.M), result.output
+    assert "val Sharpe" in result.output and "test turnover/yr" in result.output
+    (run_dir,) = out.iterdir()
+    for f in ("dmpo.pt", "two_stage.pt", "direct.pt", "results.json", "curves.png"):
+        assert (run_dir / f).stat().st_size > 0, f
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["seed"] == 3 and res["spec"]["train"]["seed"] == 3
+    assert res["data"]["fingerprint"] and res["versions"]["torch"]
+    assert set(res["metrics"]) == {"dmpo", "two_stage", "direct", "equal_weight"}
+    for by_split in res["metrics"].values():
+        assert by_split["test"]["max_violation"] <= 1e-8
+    ck = load_checkpoint(run_dir / "dmpo.pt")
+    assert ck.tickers == res["data"]["tickers"] and ck.seed == 3
+    check_compatible(ck, tickers=res["data"]["tickers"], fingerprint=res["data"]["fingerprint"])
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_spec_field_is_named(tmp_path):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(SPEC.replace("delta = 0.2", "delta = -1").replace("hidden = 8", "hiden = 8"))
+    result = runner.invoke(_app(), ["train", str(spec), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "qp.delta" in result.output and "encoder.hiden" in result.output
+
+
+def test_shipped_spec_loads():
+    spec = load_train_spec(ROOT / "policies" / "dmpo.toml")
+    assert spec.data.source == "sp20" and spec.data.adv is not None
+    assert spec.train.remedy in ("l1_penalty", "larger_delta", "learned_delta", "curriculum")
