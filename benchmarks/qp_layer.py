@@ -152,6 +152,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             "default_over_fast_fwd": row["cvxpylayers_default"]["fwd"] / row["fast"]["fwd"],
             "clarabel_over_fast_fwd": row["cvxpylayers_clarabel"]["fwd"] / row["fast"]["fwd"],
         }
+        ratios = row["ratios"]
+        row["targets_met"] = {
+            "clarabel_30x": ratios["clarabel_over_fast_fwd_bwd"] >= 30.0,
+            "default_10x": ratios["default_over_fast_fwd_bwd"] >= 10.0,
+        }
+        if n == 100 and H == 1:
+            row["targets_met"]["floor_20x"] = ratios["fast_fwd_bwd_over_floor"] <= 20.0
         rows.append(row)
         print(_format_row(row), flush=True)
     return rows

@@ -21,6 +21,7 @@ __all__ = [
     "CostsSpec",
     "DataSpec",
     "ForecastSpec",
+    "LearnedSpec",
     "ObjectiveSpec",
     "PolicySpec",
     "RiskSpec",
@@ -213,11 +214,20 @@ class TuningSpec(_Strict):
         return self
 
 
+class LearnedSpec(_Strict):
+    """Learned views (kinds ``dmpo_mpo`` and ``dmpo_qp``)."""
+
+    checkpoint: str | None = Field(
+        default=None,
+        description="Path of a dmpo checkpoint written by `mpo train` (relative to the cwd).",
+    )
+
+
 class PolicySpec(_Strict):
     """A complete policy specification."""
 
     name: str
-    kind: Literal["hold", "equal_weight", "spo", "mpo"]
+    kind: Literal["hold", "equal_weight", "spo", "mpo", "dmpo_mpo", "dmpo_qp"]
     description: str = ""
     rebalance_every: PositiveInt = Field(
         default=21, description="equal_weight: periods between rebalances."
@@ -230,15 +240,21 @@ class PolicySpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     constraints: ConstraintsSpec = ConstraintsSpec()
     tuning: TuningSpec = TuningSpec()
+    learned: LearnedSpec = LearnedSpec()
 
     @model_validator(mode="after")
     def _horizon(self) -> PolicySpec:
+        if self.kind.startswith("dmpo") and not self.learned.checkpoint:
+            raise ValueError(
+                f"kind={self.kind!r} needs [learned] checkpoint = 'path/to/dmpo.pt' (written by "
+                "`mpo train`)."
+            )
         if self.kind == "spo" and self.objective.planning_horizon != 1:
             raise ValueError(
                 f"kind='spo' has planning_horizon 1, got {self.objective.planning_horizon}; use "
                 "kind='mpo' for a multi-period policy."
             )
-        if self.kind != "mpo" and "planning_horizon" in self.tuning.params:
+        if self.kind not in ("mpo", "dmpo_mpo") and "planning_horizon" in self.tuning.params:
             raise ValueError(
                 f"tuning.params.planning_horizon needs kind='mpo', got kind={self.kind!r}."
             )

@@ -29,7 +29,14 @@ from mpo.forecast import (
     RollingMeanForecast,
 )
 
-__all__ = ["build_policy", "cost_model", "forecaster", "required_history", "risk_model"]
+__all__ = [
+    "build_policy",
+    "cost_model",
+    "forecaster",
+    "learned_views",
+    "required_history",
+    "risk_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +56,22 @@ def cost_model(spec: PolicySpec) -> CostModel:
     )
 
 
-def forecaster(spec: PolicySpec):
+def learned_views(spec: PolicySpec):
+    """The :class:`~mpo.forecast.learned.LearnedViews` of a ``dmpo_*`` spec."""
+    from mpo.forecast.learned import LearnedViews
+
+    views = LearnedViews(spec.learned.checkpoint)
+    if spec.kind == "dmpo_mpo":
+        views.check_horizon(spec.objective.planning_horizon, spec.name)
+    return views
+
+
+def forecaster(spec: PolicySpec, views=None):
     """The returns forecaster of an optimisation spec."""
+    if spec.kind == "dmpo_mpo":
+        from mpo.forecast.learned import LearnedReturnsForecast
+
+        return LearnedReturnsForecast(views or learned_views(spec))
     f = spec.forecast
     if f.kind == "rolling_mean":
         return RollingMeanForecast(f.lookback)
@@ -59,8 +80,12 @@ def forecaster(spec: PolicySpec):
     return LinearRegressionForecast(f.lookback, ridge=f.ridge)
 
 
-def risk_model(spec: PolicySpec):
+def risk_model(spec: PolicySpec, views=None):
     """The risk term of an optimisation spec."""
+    if spec.kind == "dmpo_mpo":
+        from mpo.forecast.learned import LearnedCovariance
+
+        return cvx.FullCovariance(Sigma=LearnedCovariance(views or learned_views(spec)))
     sigma = RollingCovariance(spec.risk.lookback)
     if spec.risk.kind == "full":
         return cvx.FullCovariance(Sigma=sigma)
@@ -70,6 +95,8 @@ def risk_model(spec: PolicySpec):
 def required_history(spec: PolicySpec) -> int:
     """Periods of data needed before the first decision of this spec."""
     need = cost_model(spec).min_history
+    if spec.kind.startswith("dmpo"):
+        return max(need, learned_views(spec).history())
     if spec.kind in ("spo", "mpo"):
         f = forecaster(spec)
         need = max(need, f.history() + spec.objective.planning_horizon, spec.risk.lookback)
@@ -94,10 +121,12 @@ def _constraints(spec: PolicySpec) -> list:
     return out
 
 
-def _objective(spec: PolicySpec):
+def _objective(spec: PolicySpec, views=None):
     o = spec.objective
     costs = cost_model(spec)
-    objective = cvx.ReturnsForecast(r_hat=forecaster(spec)) - o.gamma_risk * risk_model(spec)
+    objective = cvx.ReturnsForecast(r_hat=forecaster(spec, views)) - o.gamma_risk * risk_model(
+        spec, views
+    )
     for term in costs.trading_terms():
         objective = objective - o.gamma_trade * term
     for term in costs.holding_terms():
@@ -128,12 +157,20 @@ def build_policy(
             raise ValueError("equal_weight needs the backtest's trading calendar.")
         target = pd.Series(1.0 / len(universe), index=list(universe))
         return _EqualWeight(target, trading_calendar[:: spec.rebalance_every])
+    views = None
+    if spec.kind.startswith("dmpo"):
+        views = learned_views(spec)
+        views.check_universe(list(universe))
+        if spec.kind == "dmpo_qp":
+            from mpo.forecast.learned import DMPOQPPolicy
+
+            return DMPOQPPolicy(views)
     n = len(universe)
     kwargs = {"solver": spec.backtest.solver, **spec.backtest.solver_options}
     if n >= IGNORE_DPP_FROM:
         kwargs["ignore_dpp"] = True
     return cvx.MultiPeriodOptimization(
-        _objective(spec),
+        _objective(spec, views),
         _constraints(spec),
         planning_horizon=spec.objective.planning_horizon,
         fallback_solver=None,

@@ -868,9 +868,9 @@ def tune(
         Backtest the winner on the test window beside Hold, equal weight and
         the untuned spec.
     """
-    if spec.kind not in ("spo", "mpo"):
+    if spec.kind not in ("spo", "mpo", "dmpo_mpo"):
         raise TuningError(
-            f"policy {spec.name!r} is kind {spec.kind!r}: only spo and mpo policies have "
+            f"policy {spec.name!r} is kind {spec.kind!r}: only spo, mpo and dmpo_mpo policies have "
             "multipliers to tune."
         )
     if workers < 1:

@@ -160,6 +160,66 @@ def _past_ewm(frame: pd.DataFrame, span: float, kind: str) -> pd.DataFrame:
     return stat.shift(1)
 
 
+def _feature_frames(
+    r: pd.DataFrame, dollar_volumes: pd.DataFrame | None, spec: FeatureSpec
+) -> dict[str, pd.DataFrame]:
+    """Feature frames on ``r``'s index; row ``t`` uses rows before ``t`` only."""
+    s = spec.return_scale
+    cols: dict[str, pd.DataFrame] = {}
+    for name in spec.features:
+        if name == "returns":
+            cols[name] = r.shift(1) * s
+        elif name == "volatility":
+            cols[name] = _past_ewm(r, spec.vol_span, "std") * s
+        elif name == "momentum":
+            L = spec.momentum_lookback
+            cols[name] = r.rolling(L, min_periods=L).mean().shift(1) * s * np.sqrt(L)
+        elif name == "volume":
+            if dollar_volumes is None:
+                raise DataError("the 'volume' feature needs volumes; drop it or give volumes.")
+            logv = np.log(dollar_volumes)
+            cols[name] = (logv - _past_ewm(logv, spec.volume_span, "mean")).shift(1)
+    return cols
+
+
+def window_at(
+    t: pd.Timestamp,
+    past_returns: pd.DataFrame,
+    past_dollar_volumes: pd.DataFrame | None,
+    spec: FeatureSpec,
+) -> np.ndarray:
+    """The feature window ``(T, n, F)`` of a decision at ``t`` from data before ``t`` only.
+
+    ``past_returns`` (and volumes) are the rows strictly before ``t``, assets only,
+    as cvxportfolio hands them to a policy. Equals the rows of
+    :func:`compute_features`' panel ending at ``t`` (tested), so a model applied
+    in a backtest sees exactly the inputs it was trained on.
+    """
+    need = spec.warmup + spec.window
+    if len(past_returns) < need:
+        raise DataError(
+            f"the feature window at {pd.Timestamp(t).date()} needs {need} periods of history "
+            f"({spec.warmup} warm-up + window {spec.window}), only {len(past_returns)} exist; "
+            "start the backtest later."
+        )
+    idx = past_returns.index.append(pd.DatetimeIndex([t]))
+    r = past_returns.reindex(idx)
+    v = None if past_dollar_volumes is None else past_dollar_volumes.reindex(idx)
+    cols = _feature_frames(r, v, spec)
+    out = np.stack(
+        [cols[name].to_numpy(dtype=float)[-spec.window :] for name in spec.features], -1
+    )
+    bad = ~np.isfinite(out)
+    if bad.any():
+        k, i, f = (int(a[0]) for a in np.nonzero(bad))
+        raise DataError(
+            f"feature {spec.features[f]!r} is {out[k, i, f]} for ticker "
+            f"{past_returns.columns[i]!r} in the window of {pd.Timestamp(t).date()} "
+            f"(date {idx[len(idx) - spec.window + k].date()}); clean the data or drop the feature."
+        )
+    return out
+
+
 def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
     """Feature panel of ``market``; row ``t`` depends on data before ``t`` only.
 
@@ -176,24 +236,13 @@ def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
     -------
     FeaturePanel
     """
-    r = market.returns
-    s = spec.return_scale
-    cols: dict[str, pd.DataFrame] = {}
-    for name in spec.features:
-        if name == "returns":
-            cols[name] = r.shift(1) * s
-        elif name == "volatility":
-            cols[name] = _past_ewm(r, spec.vol_span, "std") * s
-        elif name == "momentum":
-            L = spec.momentum_lookback
-            cols[name] = r.rolling(L, min_periods=L).mean().shift(1) * s * np.sqrt(L)
-        elif name == "volume":
-            logv = np.log(market.dollar_volumes)
-            cols[name] = (logv - _past_ewm(logv, spec.volume_span, "mean")).shift(1)
+    cols = _feature_frames(market.returns, market.dollar_volumes, spec)
     start = spec.warmup
     market.require_history(start + spec.window + spec.horizon, "the feature windows")
     values = np.stack([cols[name].to_numpy(dtype=float)[start:] for name in spec.features], -1)
-    return FeaturePanel(values, r.index[start:], market.tickers, tuple(spec.features))
+    return FeaturePanel(
+        values, market.returns.index[start:], market.tickers, tuple(spec.features)
+    )
 
 
 def impact_scale(market: MarketData, spec: FeatureSpec) -> pd.DataFrame:

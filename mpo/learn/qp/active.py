@@ -17,7 +17,7 @@ same factorisation gives the adjoint solve of the backward pass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -35,12 +35,20 @@ class ActiveSet:
     turnover: torch.Tensor
 
 
-def identify_active_set(slack: dict, dual: dict, l1mask: torch.Tensor) -> ActiveSet:
-    """Classify inequalities as active where the multiplier exceeds the slack.
+def identify_active_set(
+    slack: dict,
+    dual: dict,
+    l1mask: torch.Tensor,
+    prev_slack: dict | None = None,
+    prev_dual: dict | None = None,
+) -> ActiveSet:
+    """Classify inequalities as active or inactive at an interior-point iterate.
 
-    Slacks and multipliers come from the scaled interior-point problem, in which
-    primal and dual variables are both of order one, so ``z > s`` separates the two
-    branches of complementarity ``s z -> 0``.
+    With the iterate before the last step (``prev_*``), Tapia's indicators decide: a
+    constraint is active iff its slack shrank faster than its multiplier in the last
+    step, ``s / s_prev < z / z_prev``; this is invariant to the scales of the primal and
+    dual variables. Ties (no step taken) and calls without ``prev_*`` fall back to
+    ``z > s`` (primal and dual are of order one in the scaled problem).
 
     Parameters
     ----------
@@ -48,22 +56,30 @@ def identify_active_set(slack: dict, dual: dict, l1mask: torch.Tensor) -> Active
         As in :class:`mpo.learn.qp.ipm.IPMResult`.
     l1mask : torch.Tensor
         ``(B, H, 1)`` float mask of periods that carry an L1 epigraph variable.
+    prev_slack, prev_dual : dict[str, torch.Tensor] or None
+        The same before the last interior-point step.
 
     Returns
     -------
     ActiveSet
     """
+
+    def active(k: str) -> torch.Tensor:
+        s, z = slack[k], dual[k]
+        if prev_slack is None or prev_dual is None:
+            return z > s
+        score = s * prev_dual[k] - z * prev_slack[k]
+        return (score < 0) | ((score == 0) & (z > s))
+
     has = l1mask > 0
-    lower = dual["l"] > slack["l"]
-    upper = dual["u"] > slack["u"] if "u" in dual else torch.zeros_like(lower)
-    a = (dual["a"] > slack["a"]) & has
-    b = (dual["b"] > slack["b"]) & has
+    lower = active("l")
+    upper = active("u") if "u" in dual else torch.zeros_like(lower)
+    a = active("a") & has
+    b = active("b") & has
     kink = a & b
     sign = a.to(slack["l"].dtype) - b.to(slack["l"].dtype)
     sign = torch.where(kink, torch.zeros_like(sign), sign)
-    return ActiveSet(
-        lower=lower & ~upper, upper=upper, kink=kink, sign=sign, turnover=dual["d"] > slack["d"]
-    )
+    return ActiveSet(lower=lower & ~upper, upper=upper, kink=kink, sign=sign, turnover=active("d"))
 
 
 def _runs(act: ActiveSet, w_prev: torch.Tensor, w_max: float | None):
@@ -132,10 +148,9 @@ class ReducedKKT:
         self.lin = qlin + gamma[:, None, None] * (sig - torch.cat([sig[:, 1:], sig[:, :1] * 0], 1))
         Sc = self._sig_mul(self.c)
         r = -self.Pt(self.lin + Sc)
-        R = self._assemble_R()
         var = torch.stack([self.M[a][:, a] for a in range(H)], 1).reshape(B, H * n)
         ref = Sig.diagonal(dim1=-2, dim2=-1).mean((1, 2))
-        R.diagonal(dim1=-2, dim2=-1).add_((1.0 - var) * ref[:, None])
+        self._compact(var, ref)
         A = torch.zeros(B, H + 1, H, n, dtype=qlin.dtype, device=qlin.device)
         for tau in range(H):
             A[:, tau] = self.M[tau]
@@ -148,13 +163,8 @@ class ReducedKKT:
         dfin = torch.where(turn, delta, torch.zeros_like(delta))
         e[:, H] = torch.where(turn, dfin - (sig[:, 0] * (self.c[:, 0] - w_prev)).sum(-1), 0.0)
         self.e = e
-        self.chol, info = torch.linalg.cholesky_ex(R)
-        self.failed = info != 0
-        if bool(self.failed.any()):
-            eye = torch.eye(H * n, dtype=R.dtype, device=R.device)
-            self.chol = torch.where(self.failed[:, None, None], eye, self.chol)
         rhs = torch.cat([r.reshape(B, H * n, 1), self.A.mT], -1)
-        X = torch.cholesky_solve(rhs, self.chol)
+        X = self._solve(rhs)
         self.Xr, self.XA = X[..., 0], X[..., 1:]
         S = self.A @ self.XA
         self.Spinv = _pinv_psd(S)
@@ -166,7 +176,82 @@ class ReducedKKT:
         self.y = self.Xr - (self.XA @ self.nu.unsqueeze(-1)).squeeze(-1)
         self.w = self.c + self.P(self.y.reshape(B, H, n))
 
+    def _compact(self, var: torch.Tensor, ref: torch.Tensor) -> None:
+        """Factor ``R`` restricted to the free slots (``var``, ``(B, H n)``).
+
+        ``R = P' blockdiag(Sigma) P + diag((1 - var) ref)`` is block diagonal between
+        free slots (run variables) and unused ones (``ref`` times the identity), and
+        there are usually far fewer free runs than slots (most weights sit at a bound
+        or a kink). Only the ``r x r`` block of the first ``r`` slots in free-first order
+        is formed and factorised, ``r`` the largest number of free runs in the batch;
+        unused slots are solved by a division by ``ref``.
+        """
+        B, H, n = self.shape
+        self.order = torch.sort(var, dim=-1, descending=True, stable=True).indices
+        self.ref = ref
+        r = max(int(var.sum(-1).max()), 1) if B > 0 else 1
+        idx = self.order[:, :r]
+        coord = idx % n
+        Rc = torch.zeros(B, r, r, dtype=var.dtype, device=var.device)
+        rows_i = coord.unsqueeze(-1).expand(B, r, n)
+        cols_i = coord.unsqueeze(1).expand(B, r, r)
+        for tau in range(H):
+            S = self.Sig[:, min(tau, self.Sig.shape[1] - 1)]
+            S = S.gather(1, rows_i).gather(2, cols_i)
+            m = self.M[tau].reshape(B, H * n).gather(1, idx)
+            Rc.addcmul_(S, m.unsqueeze(-1) * m.unsqueeze(-2))
+        Rc.diagonal(dim1=-2, dim2=-1).add_((1.0 - var.gather(1, idx)) * ref[:, None])
+        chol, info = torch.linalg.cholesky_ex(Rc, upper=True)
+        self.failed = info != 0
+        if bool(self.failed.any()):
+            eye = torch.eye(r, dtype=Rc.dtype, device=Rc.device)
+            chol = torch.where(self.failed[:, None, None], eye, chol)
+        self.idx, self.chol = idx, chol
+
+    def _widen(self, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, chol)`` padded to ``r`` slots (extra slots are unused: ``sqrt(ref)``)."""
+        r0 = self.idx.shape[1]
+        if r <= r0:
+            return self.idx, self.chol
+        B = self.chol.shape[0]
+        chol = torch.zeros(B, r, r, dtype=self.chol.dtype, device=self.chol.device)
+        chol[:, :r0, :r0] = self.chol
+        chol[:, r0:, r0:] = torch.diag_embed(self.ref.sqrt()[:, None].expand(B, r - r0))
+        return self.order[:, :r], chol
+
+    def merge(self, other: ReducedKKT, rows: torch.Tensor) -> ReducedKKT:
+        """Copy of this system with the samples ``rows`` replaced by ``other``'s."""
+        out = object.__new__(ReducedKKT)
+        out.__dict__.update(self.__dict__)
+        r = max(self.idx.shape[1], other.idx.shape[1])
+        mine, theirs = self._widen(r), other._widen(r)
+        out.idx = _put_rows(mine[0], rows, theirs[0])
+        out.chol = _put_rows(mine[1], rows, theirs[1])
+        for k, v in self.__dict__.items():
+            if k in ("Sig", "shape", "idx", "chol"):
+                continue
+            o = other.__dict__[k]
+            if isinstance(v, torch.Tensor):
+                out.__dict__[k] = _put_rows(v, rows, o)
+            elif isinstance(v, list):
+                out.__dict__[k] = [_put_rows(a, rows, b) for a, b in zip(v, o, strict=True)]
+            elif isinstance(v, ActiveSet):
+                out.__dict__[k] = ActiveSet(
+                    **{
+                        f.name: _put_rows(getattr(v, f.name), rows, getattr(o, f.name))
+                        for f in fields(ActiveSet)
+                    }
+                )
+        return out
+
     # ----------------------------------------------------------------- helpers
+    def _solve(self, b: torch.Tensor) -> torch.Tensor:
+        """Solve ``R x = b`` for ``b`` of shape ``(B, H n, k)``."""
+        idx = self.idx.unsqueeze(-1).expand(-1, -1, b.shape[-1])
+        y = torch.linalg.solve_triangular(self.chol.mT, b.gather(1, idx), upper=False)
+        xc = torch.linalg.solve_triangular(self.chol, y, upper=True)
+        return (b / self.ref[:, None, None]).scatter_(1, idx, xc)
+
     def _sig_mul(self, x: torch.Tensor) -> torch.Tensor:
         return (self.Sig @ x.unsqueeze(-1)).squeeze(-1)
 
@@ -177,23 +262,6 @@ class ReducedKKT:
     def Pt(self, g: torch.Tensor) -> torch.Tensor:
         """Adjoint of :meth:`P`."""
         return sum(self.M[tau] * g[:, tau].unsqueeze(1) for tau in range(len(self.M)))
-
-    def _assemble_R(self) -> torch.Tensor:
-        """``R = P' blockdiag(Sigma) P`` written block by block into one buffer."""
-        B, H, n = self.shape
-        R = torch.zeros(B, H, n, H, n, dtype=self.c.dtype, device=self.c.device)
-        for a in range(H):
-            for b in range(a, H):
-                blk = R[:, a, :, b, :]
-                for tau in range(b, H):
-                    S = self.Sig[:, min(tau, self.Sig.shape[1] - 1)]
-                    ma, mb = self.M[tau][:, a], self.M[tau][:, b]
-                    if not (bool(ma.any()) and bool(mb.any())):
-                        continue
-                    blk.addcmul_(S, ma.unsqueeze(-1) * mb.unsqueeze(-2))
-                if b > a:
-                    R[:, b, :, a, :] = blk.mT
-        return R.reshape(B, H * n, H * n)
 
     # ------------------------------------------------------------------ checks
     def kkt_ok(
@@ -259,11 +327,15 @@ class ReducedKKT:
         ``w_bar = P u`` where ``[u; v] = K^{-1} [P' gw; 0]``.
         """
         B, H, n = self.shape
-        yb = self.Pt(gw).reshape(B, H * n, 1)
-        X = torch.cholesky_solve(yb, self.chol).squeeze(-1)
-        v = (self.Spinv @ (self.A @ X.unsqueeze(-1))).squeeze(-1)
-        u = X - (self.XA @ v.unsqueeze(-1)).squeeze(-1)
-        return u.reshape(B, H, n), v
+        u, v, _, _ = self._adjoint_cols(self.Pt(gw).reshape(B, H * n, 1))
+        return u[..., 0].reshape(B, H, n), v[..., 0]
+
+    def _adjoint_cols(self, yb: torch.Tensor):
+        """Adjoint solves for the columns of ``yb`` ``(B, H n, r)``: ``u, v, X = R^-1 yb``."""
+        X = self._solve(yb)
+        v = self.Spinv @ (self.A @ X)
+        u = X - self.XA @ v
+        return u, v, X, yb
 
     def pinned(self, rel: float) -> torch.Tensor:
         """Samples whose first-period weights are fixed by the active constraints alone.
@@ -275,17 +347,20 @@ class ReducedKKT:
         gen = torch.Generator(device="cpu").manual_seed(12345)
         probes = torch.rand(2, n, generator=gen, dtype=torch.float64) + 0.5
         probes = probes.to(dtype=self.c.dtype, device=self.c.device)
-        out = torch.ones(B, dtype=torch.bool, device=self.c.device)
-        for p in probes:
-            gw = torch.zeros(B, H, n, dtype=self.c.dtype, device=self.c.device)
-            gw[:, 0] = p
-            yb = self.Pt(gw).reshape(B, H * n, 1)
-            X = torch.cholesky_solve(yb, self.chol).squeeze(-1)
-            u, _ = self.adjoint(gw)
-            quad = (u.reshape(B, -1) * yb.squeeze(-1)).sum(-1)
-            base = (X * yb.squeeze(-1)).sum(-1)
-            out &= quad <= rel * base
-        return out
+        gw = torch.zeros(B, 2, H, n, dtype=self.c.dtype, device=self.c.device)
+        gw[:, :, 0] = probes
+        # P' applied to both probes at once (P' acts on the period axis).
+        yb = torch.stack([self.Pt(gw[:, j]) for j in range(2)], -1).reshape(B, H * n, 2)
+        u, _, X, _ = self._adjoint_cols(yb)
+        quad = (u * yb).sum(1)
+        base = (X * yb).sum(1)
+        return (quad <= rel * base).all(-1)
+
+
+def _put_rows(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    x = x.clone()
+    x[rows] = values
+    return x
 
 
 def _pinv_psd(S: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 # Polish acceptance tolerances: (primal in weight units, dual relative to objective scale)
 _POLISH_TOL = {torch.float64: (1e-9, 1e-8), torch.float32: (1e-5, 1e-4)}
 # Interior-point tolerance at which the first polish is attempted.
-_EARLY_TOL = {torch.float64: 1e-6, torch.float32: 1e-4}
+_EARLY_TOL = {torch.float64: 1e-7, torch.float32: 1e-4}
 # Samples whose polish still fails at tol get a last interior-point stage to tol * this.
 _LAST_STAGE = 1e-2
 # Relative threshold of the probe test deciding that w_1 is pinned by the active set.
@@ -67,10 +67,8 @@ class QPInfo:
 def covariance(spec: QPSpec, L: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
     """``Sigma = L L' (+ diag(d)) + eps I`` for ``L`` of shape ``(B, H_L, n, k)``."""
     Sig = L @ L.mT
-    diag = torch.full(Sig.shape[:-1], spec.eps, dtype=L.dtype, device=L.device)
-    if d is not None:
-        diag = diag + d
-    return Sig + torch.diag_embed(diag)
+    Sig.diagonal(dim1=-2, dim2=-1).add_(spec.eps if d is None else d + spec.eps)
+    return Sig
 
 
 class _DMPOFunction(torch.autograd.Function):
@@ -137,11 +135,14 @@ class _DMPOFunction(torch.autograd.Function):
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[7]:
             # dLoss/dSigma_tau = -sym(wbar_tau w_tau')
             if ctx.needs_input_grad[3]:
-                wl = w.unsqueeze(-2) @ _per_period(L, H)
-                bl = wbar.unsqueeze(-2) @ _per_period(L, H)
-                g_L = -(wbar.unsqueeze(-1) * wl + w.unsqueeze(-1) * bl)
+                # -(wbar (w'L) + w (wbar'L)) = -[wbar, w] [w, wbar]' L, one product chain.
+                left = torch.stack([wbar, w], -1)  # (B, H, n, 2)
+                right = torch.stack([w, wbar], -2)  # (B, H, 2, n)
                 if ctx.shared:
-                    g_L = g_L.sum(1, keepdim=True)
+                    # sum over periods folds into the inner dimension: (B, n, 2H) (2H, n)
+                    left = left.transpose(1, 2).reshape(w.shape[0], 1, -1, 2 * H)
+                    right = right.reshape(w.shape[0], 1, 2 * H, -1)
+                g_L = -(left @ (right @ L))
             if ctx.needs_input_grad[7]:
                 g_d = -(wbar * w)
                 if ctx.shared:
@@ -184,25 +185,18 @@ def _solve(
         if bool(ok.all()):
             break
         rows = ~ok
-        more = ipm_solve(
-            Sig[rows],
-            qlin[rows],
-            w_prev[rows],
-            gamma[rows],
-            delta[rows],
-            spec.w_max,
-            stage_tol,
-            spec.max_iter,
-            start=res.select(rows),
-        )
+        sub = (Sig[rows], qlin[rows], w_prev[rows], gamma[rows], delta[rows])
+        more = ipm_solve(*sub, spec.w_max, stage_tol, spec.max_iter, start=res.select(rows))
         res = res.merge(more, rows)
-        kkt, ok2 = _polish(spec, Sig, qlin, w_prev, gamma, delta, res)
-        ok = torch.where(rows, ok2, ok)
+        kkt_rows, ok_rows = _polish(spec, *sub, more)
+        kkt = kkt.merge(kkt_rows, rows)
+        ok = ok.clone()
+        ok[rows] = ok_rows
     return res, kkt, ok
 
 
 def _polish(spec, Sig, qlin, w_prev, gamma, delta, res: IPMResult):
-    act = identify_active_set(res.slack, res.dual, res.l1mask)
+    act = identify_active_set(res.slack, res.dual, res.l1mask, res.prev_slack, res.prev_dual)
     kkt = ReducedKKT(Sig, qlin, w_prev, gamma, delta, spec.w_max, act)
     ftol, dtol = _POLISH_TOL[qlin.dtype]
     nu_ipm = torch.cat([res.y, res.dual["d"].unsqueeze(-1)], -1) * res.scale[:, None]
@@ -214,10 +208,6 @@ def _first_period(x: torch.Tensor) -> torch.Tensor:
     mask = torch.zeros(x.shape[1:], dtype=torch.bool, device=x.device)
     mask[0] = True
     return mask.unsqueeze(0)
-
-
-def _per_period(L: torch.Tensor, H: int) -> torch.Tensor:
-    return L.expand(L.shape[0], H, *L.shape[2:])
 
 
 def solve_qp(

@@ -1,13 +1,23 @@
 """Batched primal-dual interior-point method for the DMPO QP, in pure torch.
 
 The L1 terms are written with epigraph variables ``t_tau >= |w_tau - w_{tau-1}|``; the
-turnover limit becomes ``1' t_1 <= delta``. Each Mehrotra predictor-corrector
-iteration eliminates slacks, duals and ``t`` analytically, which leaves one symmetric
-``(H n) x (H n)`` block-tridiagonal system per sample (dense ``n x n`` diagonal
-blocks ``Sigma_tau + diag(.)`` plus a rank-one turnover term in block one, diagonal
-off-diagonal blocks) bordered by the ``H`` budget rows. See ``README.md`` next to this
-file for the algebra. Nothing here loops over the batch; converged samples are frozen
-and the batch is compacted as they finish.
+turnover limit becomes ``1' t_1 <= delta``. All inequalities are stacked into one slack
+vector ``s = g(w, t) >= 0`` of length ``m = G H n + 1`` per sample, in the order
+
+    [w  (lower bounds),  t - d  ("a"),  t + d  ("b"),  w_max - w  (upper, optional),
+     delta - 1't_1  (turnover)],        d_tau = w_tau - w_{tau-1},  w_0 = w_prev,
+
+so that every vector operation of an iteration (ratios, complementarity, step lengths,
+residuals) is one torch call on a ``(B, m)`` tensor. Inequalities that a sample does not
+have (L1 rows of a period without L1 term, the turnover row when ``delta = inf``) are
+inert placeholders (``s = 1``, ``z = 0``, never moved).
+
+Each Mehrotra predictor-corrector iteration eliminates slacks, duals and ``t``
+analytically, which leaves one symmetric ``(H n) x (H n)`` block-tridiagonal system per
+sample (dense ``n x n`` diagonal blocks, diagonal off-diagonal blocks) bordered by the
+``H`` budget rows and the rank-one turnover term. See ``README.md`` next to this file
+for the algebra. Nothing here loops over the batch; converged samples are frozen and
+the batch is compacted once half of it has finished.
 """
 
 from __future__ import annotations
@@ -30,6 +40,10 @@ _STALL = 1e-3
 # that each constraint is clearly active or inactive.
 _MAX_COMP = 10.0
 _STALL_RESID = 100.0
+# A sample whose max(residual, gap) grew by this factor in one step is stepped back and
+# stopped (the Newton systems have lost their accuracy).
+_DIVERGE = 10.0
+_GROUPS = ("l", "a", "b", "u")
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -61,6 +75,10 @@ class IPMResult:
         Boolean mask ``(B,)``.
     l1mask : torch.Tensor
         ``(B, H, 1)`` float mask of periods carrying an L1 epigraph variable.
+    state : dict[str, torch.Tensor]
+        The raw iterate (``w, t, y`` and stacked ``s, z``) to resume from.
+    prev_slack, prev_dual : dict[str, torch.Tensor]
+        Slacks and multipliers before the last step (for Tapia's active-set indicators).
     """
 
     w: torch.Tensor
@@ -76,6 +94,8 @@ class IPMResult:
     converged: torch.Tensor
     l1mask: torch.Tensor
     state: dict[str, torch.Tensor]
+    prev_slack: dict[str, torch.Tensor]
+    prev_dual: dict[str, torch.Tensor]
 
     def select(self, rows: torch.Tensor) -> IPMResult:
         """The samples ``rows`` (boolean mask) of this result."""
@@ -103,257 +123,305 @@ def _put(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Ten
     return x
 
 
-def _shift_prev(x: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
-    """``x_{tau-1}`` along dim 1 with ``x_{-1} = first`` (zeros if ``None``)."""
-    head = torch.zeros_like(x[:, :1]) if first is None else first.unsqueeze(1)
-    return torch.cat([head, x[:, :-1]], dim=1)
-
-
-def _shift_next(x: torch.Tensor) -> torch.Tensor:
-    """``x_{tau+1}`` along dim 1 with zero after the last period."""
-    return torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1)
-
-
-def _block_factor(blocks: list[torch.Tensor], off: torch.Tensor) -> tuple[list, torch.Tensor]:
-    """Factor a block-tridiagonal SPD matrix with diagonal off-diagonal blocks.
-
-    ``blocks[tau]`` is the ``(B, n, n)`` diagonal block (overwritten), ``-diag(off[:, tau])``
-    couples periods ``tau - 1`` and ``tau`` (``off[:, 0]`` is unused). Returns upper
-    Cholesky factors of the Schur complements ``S_tau = K_tau - E S_{tau-1}^{-1} E`` and a
-    ``(B,)`` failure mask. The Schur complements are formed as
-    ``K_tau - E + E S_{tau-1}^{-1} (S_{tau-1} - E)`` (symmetrised), which avoids the
-    cancellation of two huge terms when a kink weight ``E`` explodes.
-    """
-    chols: list[torch.Tensor] = []
-    failed = torch.zeros(blocks[0].shape[0], dtype=torch.bool, device=blocks[0].device)
-    prev = blocks[0]
-    for tau, K in enumerate(blocks):
-        S = K
-        if tau > 0:
-            e = off[:, tau]
-            R = prev
-            R.diagonal(dim1=-2, dim2=-1).sub_(e)
-            T = _chol_solve(chols[-1], R).mul_(e.unsqueeze(-1))
-            S = K.add_(T, alpha=0.5).add_(T.mT, alpha=0.5)
-            S.diagonal(dim1=-2, dim2=-1).sub_(e)
-        U, info = torch.linalg.cholesky_ex(S, upper=True)
-        bad = info != 0
-        if bool(bad.any()):
-            eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)
-            U = torch.where(bad[:, None, None], eye, U)
-        failed |= bad
-        chols.append(U)
-        prev = S
-    return chols, failed
-
-
-def _chol_solve(U: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve ``U' U x = b`` for an upper Cholesky factor ``U``."""
+def _tri_solve(U: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve ``U' U x = b`` for an upper Cholesky factor ``U`` (two triangular solves)."""
     y = torch.linalg.solve_triangular(U.mT, b, upper=False)
     return torch.linalg.solve_triangular(U, y, upper=True)
 
 
-def _block_solve(chols: list[torch.Tensor], off: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-    """Solve with the factorisation of :func:`_block_factor`; ``rhs`` is ``(B, H, n, m)``."""
-    H = rhs.shape[1]
-    Z: list[torch.Tensor] = []
-    for tau in range(H):
-        Y = rhs[:, tau] if tau == 0 else rhs[:, tau] + off[:, tau].unsqueeze(-1) * Z[-1]
-        Z.append(_chol_solve(chols[tau], Y))
-    X = [Z[-1]]
-    for tau in range(H - 2, -1, -1):
-        X.append(Z[tau] + _chol_solve(chols[tau], off[:, tau + 1].unsqueeze(-1) * X[-1]))
-    return torch.stack(X[::-1], dim=1)
+class _Problem:
+    """Scaled problem data of one batch plus the layout of the stacked inequalities."""
+
+    def __init__(self, Sig, q, w_prev, gamma, delta, w_max, scale) -> None:
+        B, H, n = q.shape
+        self.B, self.H, self.n = B, H, n
+        self.hn = H * n
+        self.has_u = w_max is not None
+        self.G = 4 if self.has_u else 3
+        self.m = self.G * self.hn + 1
+        self.Sig = Sig / scale[:, None, None, None]
+        self.q = q / scale[:, None, None]
+        self.wp = w_prev
+        self.gamma = (gamma / scale)[:, None, None]
+        self.hd = torch.isfinite(delta)
+        self.delta = torch.where(self.hd, delta, torch.zeros_like(delta))
+        self.w_max = w_max
+        has_l1 = (gamma > 0).unsqueeze(1).expand(B, H).clone()
+        has_l1[:, 0] |= self.hd
+        self.l1m = has_l1.to(q.dtype).unsqueeze(-1)
+        # Inert placeholder rows: only built when some sample has one.
+        self.dummy = not (bool(has_l1.all()) and bool(self.hd.all()))
+        cmask = torch.ones(B, self.m, dtype=q.dtype, device=q.device)
+        if self.dummy:
+            grp = self.groups(cmask)
+            grp[:, 1:3] = self.l1m.unsqueeze(1).expand(B, 2, H, n)
+            cmask[:, -1] = self.hd.to(q.dtype)
+        self.cmask = cmask
+        self.zsafe = 1.0 - cmask  # added to z in ratio tests so placeholders give 0 / 1
+        self.count = cmask.sum(-1)
+        # Border columns: the H budget rows (the turnover column is filled per iteration).
+        C = torch.zeros(B, H, n, H + 1, dtype=q.dtype, device=q.device)
+        C[..., :H] = torch.eye(H, dtype=q.dtype, device=q.device).reshape(1, H, 1, H)
+        self.C = C.reshape(B, self.hn, H + 1)
+
+    def subset(self, keep: torch.Tensor) -> _Problem:
+        """The samples ``keep`` (boolean mask) of this problem."""
+        out = object.__new__(_Problem)
+        for k, v in self.__dict__.items():
+            out.__dict__[k] = v[keep] if isinstance(v, torch.Tensor) else v
+        out.B = int(out.q.shape[0])
+        return out
+
+    def groups(self, x: torch.Tensor) -> torch.Tensor:
+        """View ``(B, m)`` stacked values as ``(B, G, H, n)`` (turnover row excluded)."""
+        return x[:, :-1].view(x.shape[0], self.G, self.H, self.n)
+
+    def prev(self, w: torch.Tensor) -> torch.Tensor:
+        """``w_{tau-1}`` with ``w_{-1} = w_prev``."""
+        if self.H == 1:
+            return self.wp.unsqueeze(1)
+        return torch.cat([self.wp.unsqueeze(1), w[:, :-1]], 1)
+
+    def diff0(self, dw: torch.Tensor) -> torch.Tensor:
+        """``D dw``: ``dw_tau - dw_{tau-1}`` with ``dw_{-1} = 0``."""
+        if self.H == 1:
+            return dw
+        out = dw.clone()
+        out[:, 1:] -= dw[:, :-1]
+        return out
+
+    def diff_t(self, v: torch.Tensor) -> torch.Tensor:
+        """``D' v``: ``v_tau - v_{tau+1}`` with ``v_H = 0``."""
+        if self.H == 1:
+            return v
+        out = v.clone()
+        out[:, :-1] -= v[:, 1:]
+        return out
+
+    def stack(self, lw, a, b, tsum) -> torch.Tensor:
+        """Stack per-group values ``(B, H, n)`` and the turnover row ``(B,)`` into ``(B, m)``."""
+        B = lw.shape[0]
+        parts = [lw.reshape(B, -1), a.reshape(B, -1), b.reshape(B, -1)]
+        if self.has_u:
+            parts.append(lw.neg().reshape(B, -1))
+        parts.append(tsum.unsqueeze(-1))
+        return torch.cat(parts, 1)
+
+    def slack_of(self, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``g(w, t)``: the slacks implied by the primal variables, ``(B, m)``."""
+        d = w - self.prev(w)
+        g = self.stack(w, t - d, t + d, self.delta - t[:, 0].sum(-1))
+        if self.has_u:
+            self.groups(g)[:, 3] += self.w_max
+        return g
 
 
 class _Newton:
-    """Reduced Newton system of one iteration: factorisation plus elimination data."""
+    """Factorised reduced Newton system of one iteration."""
 
-    def __init__(self, Sig: torch.Tensor, st: dict, pb: dict) -> None:
-        l1m, hd = pb["l1m"], pb["hd"]
-        H, n = st["w"].shape[1:]
-        W = {k: st["z" + k] / st["s" + k] for k in ("l", "a", "b")}
-        Wd = torch.where(hd, st["zd"] / st["sd"], torch.zeros_like(st["zd"]))
-        Wa, Wb = W["a"] * l1m, W["b"] * l1m
+    def __init__(self, pb: _Problem, s: torch.Tensor, z: torch.Tensor) -> None:
+        self.pb = pb
+        H, n = pb.H, pb.n
+        W = z / s
+        Wg = pb.groups(W)
+        Wa, Wb = Wg[:, 1], Wg[:, 2]
         alpha = Wa + Wb
-        safe = torch.where(l1m > 0, alpha, torch.ones_like(alpha))
-        self.uinv = l1m / safe
+        if pb.dummy:
+            alpha = alpha + (1.0 - pb.l1m)
+        uinv = alpha.reciprocal()
+        if pb.dummy:
+            uinv = uinv * pb.l1m
+        self.uinv = uinv
+        self.u0 = uinv[:, 0]
         self.beta = Wb - Wa
-        Ed = 4.0 * Wa * Wb / safe
-        self.kappa = Wd / (1.0 + Wd * self.uinv[:, 0].sum(-1))
-        diag = W["l"] + Ed + _shift_next(Ed)
-        if "su" in st:
-            diag = diag + st["zu"] / st["su"]
-        blocks = []
-        for tau in range(H):
-            K = Sig[:, min(tau, Sig.shape[1] - 1)].clone()
-            K.diagonal(dim1=-2, dim2=-1).add_(diag[:, tau])
-            blocks.append(K)
-        self.off = Ed
-        self.chols, self.failed = _block_factor(blocks, Ed)
-        # Border: the H budget rows and the turnover rank-one term kappa v v' of block one,
-        # written as V V' with V = sqrt(kappa) v and eliminated through zeta = V' dw.
-        B = st["w"].shape[0]
-        C = torch.zeros(B, H, n, H + 1, dtype=Sig.dtype, device=Sig.device)
-        C[:, :, :, :H] = torch.eye(H, dtype=Sig.dtype, device=Sig.device).reshape(1, H, 1, H)
-        C[:, 0, :, H] = self.kappa.sqrt().unsqueeze(-1) * self.beta[:, 0] * self.uinv[:, 0]
+        E = (Wa * Wb).mul_(uinv).mul_(4.0)
+        Wd = W[:, -1]
+        self.kappa = Wd / (1.0 + Wd * self.u0.sum(-1))
+        self.kappa_col = self.kappa.unsqueeze(-1)
+        V = (self.kappa.sqrt().unsqueeze(-1) * self.beta[:, 0]).mul_(self.u0)
+        diag = Wg[:, 0] + E
+        if pb.has_u:
+            diag = diag + Wg[:, 3]
+        if H > 1:
+            diag[:, :-1] += E[:, 1:]
+        C = pb.C.clone()
+        C[:, :n, H] = V
         self.C = C
-        self.X1 = _block_solve(self.chols, self.off, C)
-        sch = self._border(self.X1)
+        self.E = E
+        self._factor(diag)
+
+    def set_border(self, X1: torch.Tensor) -> None:
+        """Store ``X1 = K^{-1} C`` and invert the border Schur complement ``C' X1 + e e'``."""
+        H = self.pb.H
+        sch = self.C.mT @ X1
         sch[:, H, H] += 1.0
         self.sch_chol, info = torch.linalg.cholesky_ex(sch)
-        self.failed |= info != 0
+        self.failed = self.failed | (info != 0)
+        self.X1 = X1
 
-    def _border(self, X: torch.Tensor) -> torch.Tensor:
-        """Apply the border rows ``C'`` to ``X`` of shape ``(B, H, n, m)``: ``(B, H + 1, m)``."""
-        return torch.cat([X.sum(2), (self.C[:, 0, :, -1:] * X[:, 0]).sum(1, keepdim=True)], 1)
+    def _factor(self, diag: torch.Tensor) -> None:
+        """Cholesky factors of the block-tridiagonal matrix (Schur complements)."""
+        pb = self.pb
+        chols = []
+        failed = None
+        prev = None
+        for tau in range(pb.H):
+            K = pb.Sig[:, min(tau, pb.Sig.shape[1] - 1)].clone()
+            K.diagonal(dim1=-2, dim2=-1).add_(diag[:, tau])
+            if tau > 0:
+                # S = K - E S_prev^{-1} E written as K - E + E S_prev^{-1} (S_prev - E), which
+                # avoids cancelling two huge terms when a kink weight E explodes.
+                e = self.E[:, tau]
+                prev.diagonal(dim1=-2, dim2=-1).sub_(e)
+                T = _tri_solve(chols[-1], prev).mul_(e.unsqueeze(-1))
+                K.add_(T, alpha=0.5).add_(T.mT, alpha=0.5)
+                K.diagonal(dim1=-2, dim2=-1).sub_(e)
+            # K is symmetric: its transpose view is column-major, which LAPACK factors
+            # without a copy; U = L' is the upper factor.
+            Lo, info = torch.linalg.cholesky_ex(K.mT)
+            U = Lo.mT
+            bad = info != 0
+            failed = bad if failed is None else failed | bad
+            chols.append(U)
+            prev = K
+        if bool(failed.any()):
+            eye = torch.eye(pb.n, dtype=diag.dtype, device=diag.device)
+            chols = [torch.where(failed[:, None, None], eye, U) for U in chols]
+        self.chols = chols
+        self.failed = failed
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """Solve with the block-tridiagonal matrix; ``rhs`` is ``(B, H n, r)``."""
+        pb = self.pb
+        if pb.H == 1:
+            return _tri_solve(self.chols[0], rhs)
+        B, H, n = pb.B, pb.H, pb.n
+        r = rhs.reshape(B, H, n, -1)
+        Z = []
+        for tau in range(H):
+            Y = r[:, tau] if tau == 0 else r[:, tau] + self.E[:, tau].unsqueeze(-1) * Z[-1]
+            Z.append(_tri_solve(self.chols[tau], Y))
+        X = [Z[-1]]
+        for tau in range(H - 2, -1, -1):
+            X.append(Z[tau] + _tri_solve(self.chols[tau], self.E[:, tau + 1].unsqueeze(-1) * X[-1]))
+        return torch.stack(X[::-1], dim=1).reshape(B, H * n, -1)
 
     def minv(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the inverse of the ``t``-block (diagonal plus rank one in period 1)."""
-        ux = self.uinv * x
-        u0 = self.uinv[:, 0]
-        corr = (self.kappa * (u0 * x[:, 0]).sum(-1)).unsqueeze(-1) * u0
-        return torch.cat([(ux[:, 0] - corr).unsqueeze(1), ux[:, 1:]], dim=1)
-
-    def direction(self, st: dict, pb: dict, res: dict, rc: dict) -> dict:
-        """Newton direction for complementarity targets ``s z + rc_shift`` (``rc``)."""
-        l1m, hd = pb["l1m"], pb["hd"]
-        rho = {}
-        for k in rc:
-            rho[k] = (-rc[k] + st["z" + k] * res[k]) / st["s" + k]
-        rab = (rho["a"] - rho["b"]) * l1m
-        gw = -rho["l"] + rab - _shift_next(rab)
-        if "u" in rc:
-            gw = gw + rho["u"]
-        rhs_w = -res["w"] - gw
-        gt = -rho["a"] - rho["b"]
-        gt = torch.cat([(gt[:, 0] + (rho["d"] * hd).unsqueeze(-1)).unsqueeze(1), gt[:, 1:]], 1)
-        rhs_t = (-res["t"] - gt) * l1m
-        g = self.beta * self.minv(rhs_t)
-        rhs = rhs_w - g + _shift_next(g)
-        X0 = _block_solve(self.chols, self.off, rhs.unsqueeze(-1))
-        border = self._border(X0)
-        border[:, :-1] += res["p"].unsqueeze(-1)
-        dy = torch.cholesky_solve(border, self.sch_chol)
-        dw = (X0 - self.X1 @ dy.unsqueeze(1)).squeeze(-1)
-        dd = dw - _shift_prev(dw, None)
-        dt = self.minv(rhs_t - self.beta * dd)
-        ds = {
-            "l": -res["l"] + dw,
-            "a": (-res["a"] - dd + dt) * l1m,
-            "b": (-res["b"] + dd + dt) * l1m,
-            "d": torch.where(hd, -res["d"] - dt[:, 0].sum(-1), torch.zeros_like(res["d"])),
-        }
-        if "u" in rc:
-            ds["u"] = -res["u"] - dw
-        out = {"w": dw, "t": dt, "y": dy[:, :-1, 0]}
-        for k in rc:
-            out["s" + k] = ds[k]
-            out["z" + k] = (-rc[k] - st["z" + k] * ds[k]) / st["s" + k]
+        """Apply the inverse of the ``t`` block (diagonal plus rank one in period 1)."""
+        out = self.uinv * x
+        head = out[:, 0]
+        head.addcmul_(self.kappa_col * head.sum(-1, keepdim=True), self.u0, value=-1.0)
         return out
 
 
-def _residuals(st: dict, pb: dict) -> dict:
-    w, t = st["w"], st["t"]
-    l1m, hd = pb["l1m"], pb["hd"]
-    Sw = (pb["Sig"] @ w.unsqueeze(-1)).squeeze(-1)
-    zab = (st["za"] - st["zb"]) * l1m
-    rw = Sw + pb["q"] + st["y"].unsqueeze(-1) - st["zl"] + zab - _shift_next(zab)
-    if "zu" in st:
-        rw = rw + st["zu"]
-    rt = pb["gamma"][:, None, None] - st["za"] - st["zb"]
-    rt = torch.cat([(rt[:, 0] + (st["zd"] * hd).unsqueeze(-1)).unsqueeze(1), rt[:, 1:]], 1)
-    d = w - _shift_prev(w, pb["wp"])
-    res = {
-        "w": rw,
-        "t": rt * l1m,
-        "p": w.sum(-1) - 1.0,
-        "l": st["sl"] - w,
-        "a": (st["sa"] + d - t) * l1m,
-        "b": (st["sb"] - d - t) * l1m,
-        "d": torch.where(hd, st["sd"] + t[:, 0].sum(-1) - pb["delta"], torch.zeros_like(st["sd"])),
-    }
-    if "su" in st:
-        res["u"] = st["su"] + w - pb["wmax"]
-    return res
+class _State:
+    """Iterate of a batch: primal ``w, t``, budget duals ``y``, stacked ``s, z``."""
+
+    def __init__(self, w, t, y, s, z) -> None:
+        self.w, self.t, self.y, self.s, self.z = w, t, y, s, z
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {"w": self.w, "t": self.t, "y": self.y, "s": self.s, "z": self.z}
 
 
-def _pairs(st: dict) -> list[str]:
-    return [k for k in ("l", "u", "a", "b", "d") if "s" + k in st]
+class _Residuals:
+    """Residuals and complementarity of an iterate."""
+
+    def __init__(self, pb: _Problem, st: _State) -> None:
+        B, H = pb.B, pb.H
+        rs = st.s - pb.slack_of(st.w, st.t)
+        if pb.dummy:
+            rs = rs * pb.cmask
+        zg = pb.groups(st.z)
+        za, zb = zg[:, 1], zg[:, 2]
+        rw = (pb.Sig @ st.w.unsqueeze(-1)).squeeze(-1)
+        rw = rw + pb.q + st.y.unsqueeze(-1) - zg[:, 0] + pb.diff_t(za - zb)
+        if pb.has_u:
+            rw = rw + zg[:, 3]
+        rt = pb.gamma - za - zb
+        rt[:, 0] += st.z[:, -1:]
+        if pb.dummy:
+            rt = rt * pb.l1m
+        rp = st.w.sum(-1) - 1.0
+        self.rs, self.rw, self.rt, self.rp = rs, rw, rt, rp
+        absr = torch.cat([rs, rp, rw.reshape(B, -1), rt.reshape(B, -1)], 1).abs_()
+        k = pb.m + H
+        self.pres = absr[:, :k].amax(-1)
+        self.dres = absr[:, k:].amax(-1)
+        self.comp = st.s * st.z
+        self.mu = self.comp.sum(-1) / pb.count
+        self.max_comp = self.comp.amax(-1)
+        self.zrs = st.z * rs
 
 
-def _max_comp(st: dict, pb: dict) -> torch.Tensor:
-    """Largest complementarity product per sample."""
-    out = torch.zeros_like(pb["delta"])
-    for k in _pairs(st):
-        prod = st["s" + k] * st["z" + k]
-        if k in ("a", "b"):
-            prod = prod * pb["l1m"]
-        elif k == "d":
-            prod = torch.where(pb["hd"], prod, torch.zeros_like(prod))
-        out = torch.maximum(out, prod if k == "d" else prod.amax((1, 2)))
-    return out
+def _direction(
+    pb: _Problem, nt: _Newton, st: _State, res: _Residuals, rc: torch.Tensor, first: bool = False
+):
+    """Newton direction for the complementarity right-hand side ``rc`` (``(B, m)``).
+
+    With ``first``, the border columns are solved together with this right-hand side
+    (one triangular-solve pair instead of two) and stored in ``nt``.
+    """
+    B, H, n = pb.B, pb.H, pb.n
+    rho = (res.zrs - rc).div_(st.s)
+    if pb.dummy:
+        rho = rho * pb.cmask
+    rg = pb.groups(rho)
+    ra, rb = rg[:, 1], rg[:, 2]
+    gw = pb.diff_t(ra - rb) - rg[:, 0]
+    if pb.has_u:
+        gw = gw + rg[:, 3]
+    fw = (res.rw + gw).neg_()
+    ft = ra + rb - res.rt
+    ft[:, 0] -= rho[:, -1:]
+    if pb.dummy:
+        ft = ft * pb.l1m
+    g = nt.beta * nt.minv(ft)
+    rhs = fw - pb.diff_t(g)
+    if first:
+        X = nt.solve(torch.cat([rhs.reshape(B, H * n, 1), nt.C], -1))
+        x0 = X[..., :1]
+        nt.set_border(X[..., 1:])
+    else:
+        x0 = nt.solve(rhs.reshape(B, H * n, 1))
+    bb = nt.C.mT @ x0
+    bb[:, :H, 0] += res.rp
+    lam = torch.cholesky_solve(bb, nt.sch_chol)
+    dw = (x0 - nt.X1 @ lam).reshape(B, H, n)
+    dd = pb.diff0(dw)
+    dt = nt.minv(ft - nt.beta * dd)
+    gdx = pb.stack(dw, dt - dd, dt + dd, dt[:, 0].sum(-1).neg_())
+    ds = gdx.sub_(res.rs)
+    if pb.dummy:
+        ds = ds * pb.cmask
+    dz = torch.addcmul(rc, st.z, ds).div_(st.s).neg_()
+    if pb.dummy:
+        dz = dz * pb.cmask
+    return dw, dt, lam[:, :H, 0], ds, dz
 
 
-def _comp(st: dict, pb: dict, ds: dict | None = None, alpha: torch.Tensor | None = None):
-    """Sum of complementarity products per sample, optionally at a trial step."""
-    total = torch.zeros_like(pb["delta"])
-    for k in _pairs(st):
-        s, z = st["s" + k], st["z" + k]
-        if ds is not None:
-            a = alpha if k == "d" else alpha[:, None, None]
-            s = s + a * ds["s" + k]
-            z = z + a * ds["z" + k]
-        prod = s * z
-        if k in ("a", "b"):
-            prod = prod * pb["l1m"]
-        elif k == "d":
-            prod = torch.where(pb["hd"], prod, torch.zeros_like(prod))
-        total = total + (prod if k == "d" else prod.sum((1, 2)))
-    return total
+def _max_step(pb: _Problem, st: _State, ds: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+    """Largest step in ``[0, 1]`` keeping ``s`` and ``z`` non-negative, ``(B,)``."""
+    zd = st.z + pb.zsafe if pb.dummy else st.z
+    worst = torch.minimum((ds / st.s).amin(-1), (dz / zd).amin(-1))
+    return worst.neg_().clamp_(min=1.0).reciprocal_()
 
 
-def _max_step(st: dict, ds: dict) -> torch.Tensor:
-    step = torch.ones_like(st["sd"])
-    for k in _pairs(st):
-        for v in ("s", "z"):
-            x, dx = st[v + k], ds[v + k]
-            ratio = torch.where(
-                dx < 0,
-                -x / dx.clamp(max=-torch.finfo(x.dtype).tiny),
-                torch.full_like(x, torch.finfo(x.dtype).max),
-            )
-            step = torch.minimum(step, ratio if k == "d" else ratio.amin((1, 2)))
-    return step
-
-
-def _init_state(pb: dict, n: int, H: int) -> dict:
-    B = pb["q"].shape[0]
-    like = pb["q"]
-    l1m, hd = pb["l1m"], pb["hd"]
-    w = torch.full_like(like, 1.0 / n)
-    d = w - _shift_prev(w, pb["wp"])
+def _init_state(pb: _Problem) -> _State:
+    B, H, n = pb.B, pb.H, pb.n
+    like = pb.q
     floor = 1.0 / n
+    w = torch.full_like(like, 1.0 / n)
+    d = w - pb.prev(w)
     t = d.abs() + floor
-    ones = torch.ones_like(like)
-    st = {
-        "w": w,
-        "t": t,
-        "y": torch.zeros(B, H, dtype=like.dtype, device=like.device),
-        "sl": w.clamp(min=floor),
-        "zl": ones.clone(),
-        "sa": torch.where(l1m > 0, (t - d).clamp(min=floor), ones),
-        "za": ones * l1m,
-        "sb": torch.where(l1m > 0, (t + d).clamp(min=floor), ones),
-        "zb": ones * l1m,
-    }
-    sd = pb["delta"] - t[:, 0].sum(-1)
-    st["sd"] = torch.where(hd, sd.clamp(min=1.0), torch.ones_like(sd))
-    st["zd"] = hd.to(like.dtype)
-    if pb["wmax"] is not None:
-        st["su"] = (pb["wmax"] - w).clamp(min=floor)
-        st["zu"] = ones.clone()
-    return st
+    s = pb.slack_of(w, t).clamp_(min=floor)
+    s[:, -1].clamp_(min=1.0)
+    z = torch.ones_like(s)
+    if pb.dummy:
+        s = torch.where(pb.cmask > 0, s, torch.ones_like(s))
+        z = z * pb.cmask
+    y = torch.zeros(B, H, dtype=like.dtype, device=like.device)
+    return _State(w, t, y, s, z)
 
 
 def ipm_solve(
@@ -393,142 +461,142 @@ def ipm_solve(
     IPMResult
         Final iterate for every sample (converged or not).
     """
-    B, H, n = q.shape
+    B = q.shape[0]
     with torch.no_grad():
         diag_max = Sig.diagonal(dim1=-2, dim2=-1).amax((1, 2))
         scale = torch.maximum(torch.maximum(diag_max, q.abs().amax((1, 2))), gamma)
         scale = scale.clamp(min=torch.finfo(q.dtype).tiny)
-        hd = torch.isfinite(delta)
-        has_l1 = (gamma > 0).unsqueeze(1).expand(B, H).clone()
-        has_l1[:, 0] |= hd
-        pb = {
-            "Sig": Sig / scale[:, None, None, None],
-            "q": q / scale[:, None, None],
-            "wp": w_prev,
-            "gamma": gamma / scale,
-            "delta": torch.where(hd, delta, torch.zeros_like(delta)),
-            "hd": hd,
-            "l1m": has_l1.to(q.dtype).unsqueeze(-1),
-            "wmax": w_max,
-        }
+        pb = _Problem(Sig, q, w_prev, gamma, delta, w_max, scale)
         if start is None:
-            st = _init_state(pb, n, H)
-            done_iters = torch.zeros(B, dtype=torch.long, device=q.device)
+            st = _init_state(pb)
+            iters = torch.zeros(B, dtype=torch.long, device=q.device)
         else:
-            st = {k: v.clone() for k, v in start.state.items()}
-            done_iters = start.iterations
-        return _iterate(pb, st, scale, tol, max_iter, done_iters)
+            st = _State(**{k: start.state[k].clone() for k in ("w", "t", "y", "s", "z")})
+            iters = start.iterations.clone()
+        return _iterate(pb, st, scale, tol, max_iter, iters)
+
+
+class _Output:
+    """Per-sample results, filled as samples leave the (compacted) active batch."""
+
+    def __init__(self, st: _State, like: torch.Tensor) -> None:
+        B = like.shape[0]
+        self.st = {k: v.clone() for k, v in st.as_dict().items()}
+        self.st["s_prev"] = st.s.clone()
+        self.st["z_prev"] = st.z.clone()
+        self.iters = torch.zeros(B, dtype=torch.long, device=like.device)
+        self.pres = torch.full_like(like, float("inf"))
+        self.dres = torch.full_like(like, float("inf"))
+        self.gap = torch.full_like(like, float("inf"))
+        self.conv = torch.zeros(B, dtype=torch.bool, device=like.device)
+
+    def write(self, idx, rows, st: _State, iters, res: _Residuals, conv, prev_s, prev_z) -> None:
+        sel = idx[rows]
+        for k, v in st.as_dict().items():
+            self.st[k][sel] = v[rows]
+        self.st["s_prev"][sel] = prev_s[rows]
+        self.st["z_prev"][sel] = prev_z[rows]
+        self.iters[sel] = iters[rows]
+        self.pres[sel] = res.pres[rows]
+        self.dres[sel] = res.dres[rows]
+        self.gap[sel] = res.mu[rows]
+        self.conv[sel] = conv[rows]
 
 
 def _iterate(
-    pb: dict, st: dict, scale: torch.Tensor, tol: float, max_iter: int, iters: torch.Tensor
+    pb: _Problem, st: _State, scale: torch.Tensor, tol: float, max_iter: int, iters: torch.Tensor
 ) -> IPMResult:
-    B = pb["q"].shape[0]
-    l1mask = pb["l1m"]
-    like = pb["delta"]
-    out_st = {k: v.clone() for k, v in st.items()}
-    out_iters = torch.zeros(B, dtype=torch.long, device=like.device)
-    out_pres = torch.full_like(like, float("inf"))
-    out_dres = torch.full_like(like, float("inf"))
-    out_gap = torch.full_like(like, float("inf"))
-    out_conv = torch.zeros(B, dtype=torch.bool, device=like.device)
-    idx = torch.arange(B, device=like.device)
-    m = _count_pairs(st, pb)
-    done = torch.zeros(B, dtype=torch.bool, device=like.device)
-    iters = iters.clone()
-    max_iter = max_iter - int(iters.min()) if B > 0 else 0
-    failed = torch.zeros(B, dtype=torch.bool, device=like.device)
-    for it in range(max_iter + 1):
-        res = _residuals(st, pb)
-        pres = torch.stack(
-            [
-                r.abs().reshape(r.shape[0], -1).amax(-1)
-                for k, r in res.items()
-                if k not in ("w", "t")
-            ]
-        ).amax(0)
-        dres = torch.maximum(res["w"].abs().amax((1, 2)), res["t"].abs().amax((1, 2)))
-        mu = _comp(st, pb) / m
-        resid = torch.maximum(pres, dres)
-        conv = (resid <= tol) & (mu <= tol) & (_max_comp(st, pb) <= _MAX_COMP * tol)
-        stalled = mu <= _STALL * tol
+    B = pb.B
+    l1mask = pb.l1m
+    device = pb.q.device
+    out = _Output(st, pb.delta)
+    idx = torch.arange(B, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    failed = torch.zeros(B, dtype=torch.bool, device=device)
+    budget = max_iter - int(iters.min()) if B > 0 else 0
+    last_conv = done
+    prev_s, prev_z = st.s, st.z
+    prev_merit = None
+    for it in range(budget + 1):
+        res = _Residuals(pb, st)
+        resid = torch.maximum(res.pres, res.dres)
+        merit = torch.maximum(resid, res.mu)
+        diverged = torch.zeros_like(done)
+        if prev_merit is not None:
+            # Rounding errors of the Newton systems can blow the residuals up near the end
+            # on ill-conditioned samples: stop those (their slacks and multipliers still
+            # identify the active set; the polish decides).
+            diverged = merit > _DIVERGE * prev_merit
+        conv = (resid <= tol) & (res.mu <= tol) & (res.max_comp <= _MAX_COMP * tol)
+        stalled = (res.mu <= _STALL * tol) | diverged
         conv = conv | (stalled & (resid <= _STALL_RESID * tol))
-        bad = ~torch.isfinite(resid + mu) | stalled | failed
-        newly = (conv | bad) & ~done
-        if bool(newly.any()) or it == max_iter:
-            _write_back(out_st, st, idx, newly if it < max_iter else ~done)
-            sel = idx[newly if it < max_iter else ~done]
-            keep_rows = newly if it < max_iter else ~done
-            out_iters[sel] = iters[keep_rows]
-            out_pres[sel] = pres[keep_rows]
-            out_dres[sel] = dres[keep_rows]
-            out_gap[sel] = mu[keep_rows]
-            out_conv[sel] = conv[keep_rows]
-            done = done | newly
-        if it == max_iter or bool(done.all()):
+        stop = conv | stalled | failed | ~torch.isfinite(resid + res.mu) | (iters >= max_iter)
+        done = stop
+        last_conv = conv
+        n_done = int(done.sum())
+        if n_done == done.numel() or it == budget:
             break
-        if int(done.sum()) * 2 >= done.numel() and done.numel() > 4:
+        if n_done * 2 >= done.numel() and done.numel() > 4:
+            out.write(idx, done, st, iters, res, conv, prev_s, prev_z)
             keep = ~done
-            st = {k: v[keep] for k, v in st.items()}
-            pb = {k: (v[keep] if isinstance(v, torch.Tensor) else v) for k, v in pb.items()}
-            res = {k: v[keep] for k, v in res.items()}
-            idx, m, mu, iters = idx[keep], m[keep], mu[keep], iters[keep]
-            done, failed = done[keep], failed[keep]
-        newton = _Newton(pb["Sig"], st, pb)
-        rc = {k: st["s" + k] * st["z" + k] for k in _pairs(st)}
-        _mask_rc(rc, pb)
-        aff = newton.direction(st, pb, res, rc)
-        a_aff = _max_step(st, aff)
-        mu_aff = _comp(st, pb, aff, a_aff) / m
-        sigma = (mu_aff / mu).clamp(min=0.0, max=1.0) ** 3
-        target = sigma * mu
-        for k in rc:
-            shift = aff["s" + k] * aff["z" + k]
-            tgt = target if k == "d" else target[:, None, None]
-            rc[k] = rc[k] + shift - tgt
-        _mask_rc(rc, pb)
-        dirn = newton.direction(st, pb, res, rc)
-        step = (_STEP_FRACTION * _max_step(st, dirn)).clamp(max=1.0)
-        frozen = done | newton.failed
-        for k, v in dirn.items():
-            shape = (-1,) + (1,) * (v.dim() - 1)
-            upd = st[k] + step.reshape(shape) * v
-            st[k] = torch.where(frozen.reshape(shape), st[k], upd)
-        failed = newton.failed & ~done
+            pb = pb.subset(keep)
+            st = _State(**{k: v[keep] for k, v in st.as_dict().items()})
+            prev_s, prev_z = prev_s[keep], prev_z[keep]
+            res = _Residuals(pb, st)
+            idx, iters, done, failed = idx[keep], iters[keep], done[keep], failed[keep]
+            merit = merit[keep]
+        nt = _Newton(pb, st.s, st.z)
+        aff = _direction(pb, nt, st, res, res.comp, first=True)
+        a_aff = _max_step(pb, st, aff[3], aff[4]).unsqueeze(-1)
+        comp_aff = torch.addcmul(st.s, a_aff, aff[3]) * torch.addcmul(st.z, a_aff, aff[4])
+        mu_aff = comp_aff.sum(-1) / pb.count
+        sigma = (mu_aff / res.mu).clamp_(min=0.0, max=1.0).pow_(3)
+        rc = torch.addcmul(res.comp, aff[3], aff[4]).sub_((sigma * res.mu).unsqueeze(-1))
+        if pb.dummy:
+            rc = rc * pb.cmask
+        dw, dt, dy, ds, dz = _direction(pb, nt, st, res, rc)
+        step = (_STEP_FRACTION * _max_step(pb, st, ds, dz)).clamp_(max=1.0)
+        frozen = done | nt.failed
+        step = torch.where(frozen, torch.zeros_like(step), step)
+        s1 = step.unsqueeze(-1)
+        s3 = s1.unsqueeze(-1)
+        moved = (step > 0).unsqueeze(-1)
+        prev_merit = merit
+        prev_s = torch.where(moved, st.s, prev_s)
+        prev_z = torch.where(moved, st.z, prev_z)
+        st = _State(
+            st.w.addcmul(s3, dw),
+            st.t.addcmul(s3, dt),
+            st.y.addcmul(s1, dy),
+            st.s.addcmul(s1, ds),
+            st.z.addcmul(s1, dz),
+        )
+        failed = nt.failed & ~done
         iters = iters + (~frozen).long()
+    out.write(idx, torch.ones_like(done), st, iters, res, last_conv, prev_s, prev_z)
+    slack, dual = _split(pb, out.st["s"]), _split(pb, out.st["z"])
     return IPMResult(
-        w=out_st["w"],
-        t=out_st["t"],
-        slack={k: out_st["s" + k] for k in ("l", "u", "a", "b", "d") if "s" + k in out_st},
-        dual={k: out_st["z" + k] for k in ("l", "u", "a", "b", "d") if "z" + k in out_st},
-        y=out_st["y"],
+        w=out.st["w"],
+        t=out.st["t"],
+        slack=slack,
+        dual=dual,
+        y=out.st["y"],
         scale=scale,
-        iterations=out_iters,
-        primal_residual=out_pres,
-        dual_residual=out_dres,
-        gap=out_gap,
-        converged=out_conv,
+        iterations=out.iters,
+        primal_residual=out.pres,
+        dual_residual=out.dres,
+        gap=out.gap,
+        converged=out.conv,
         l1mask=l1mask,
-        state=out_st,
+        state=out.st,
+        prev_slack=_split(pb, out.st["s_prev"]),
+        prev_dual=_split(pb, out.st["z_prev"]),
     )
 
 
-def _mask_rc(rc: dict, pb: dict) -> None:
-    for k in ("a", "b"):
-        rc[k] = rc[k] * pb["l1m"]
-    rc["d"] = torch.where(pb["hd"], rc["d"], torch.zeros_like(rc["d"]))
-
-
-def _count_pairs(st: dict, pb: dict) -> torch.Tensor:
-    H, n = st["w"].shape[1:]
-    m = torch.full_like(pb["delta"], float(H * n))
-    if "su" in st:
-        m = m + H * n
-    m = m + 2.0 * n * pb["l1m"].sum((1, 2)) + pb["hd"].to(m.dtype)
-    return m
-
-
-def _write_back(out: dict, st: dict, idx: torch.Tensor, rows: torch.Tensor) -> None:
-    sel = idx[rows]
-    for k, v in st.items():
-        out[k][sel] = v[rows]
+def _split(pb: _Problem, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Stacked ``(B, m)`` values as a dict of groups ``(B, H, n)`` and ``"d"`` ``(B,)``."""
+    g = pb.groups(x)
+    out = {k: g[:, i] for i, k in enumerate(_GROUPS[: pb.G])}
+    out["d"] = x[:, -1]
+    return out

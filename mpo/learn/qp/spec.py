@@ -235,6 +235,8 @@ def _check_tensor(x: torch.Tensor, name: str, like: torch.Tensor) -> None:
 
 
 def _check_finite(x: torch.Tensor, name: str, allow_pos_inf: bool = False) -> None:
+    if bool(torch.isfinite(x).all()):
+        return
     bad = torch.isnan(x) | (torch.isinf(x) & ~(allow_pos_inf & (x > 0)))
     if bool(bad.any()):
         flat = bad.reshape(bad.shape[0], -1).any(-1) if bad.dim() > 0 else bad.reshape(1)

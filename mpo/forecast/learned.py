@@ -1,0 +1,232 @@
+"""Learned views inside cvxportfolio: a trained DMPO encoder as returns forecast and risk.
+
+:class:`LearnedViews` loads a checkpoint written by ``mpo train`` and, at each
+decision time ``t``, runs the encoder once on the feature window built from
+the data cvxportfolio hands the policy (``past_returns``, ``past_volumes``:
+rows strictly before ``t``), giving ``mu_hat`` for every planning step and
+``Sigma_hat = L L' (+ diag(d)) + eps I``. The result is shared by every MPO
+step and by the forecast and risk objects through cvxportfolio's per-backtest
+``cache``.
+
+:class:`LearnedReturnsForecast` and :class:`LearnedCovariance` are plain data
+objects (not ``Estimator`` subclasses), so cvxportfolio aligns their outputs to
+the universe by ticker and checks them for NaN; we also check them ourselves:
+outputs are indexed by the checkpoint's tickers (never by position), the
+universe must be the checkpoint's, and non-finite views raise a
+:class:`~mpo.errors.DataError` naming the ticker and date.
+
+:class:`DMPOQPPolicy` is the trained decision itself: the QP layer's first-step
+weights ``w_1`` for the current weights and the learned views, with the hard
+turnover limit of the checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import cvxportfolio as cvx
+import numpy as np
+import pandas as pd
+import torch
+
+from mpo.errors import CheckpointError, DataError, SpecError
+
+__all__ = ["DMPOQPPolicy", "LearnedCovariance", "LearnedReturnsForecast", "LearnedViews"]
+
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int):
+    from mpo.learn.checkpoint import load_checkpoint
+    from mpo.learn.dataset import FeatureSpec
+    from mpo.learn.encoders import EncoderConfig
+    from mpo.learn.train import DMPOModel
+
+    ckpt = load_checkpoint(path)
+    if ckpt.kind not in ("dmpo", "two_stage"):
+        raise CheckpointError(
+            f"checkpoint {path!r} holds a {ckpt.kind!r} model; learned forecasts need the views "
+            "of a 'dmpo' (or 'two_stage') encoder."
+        )
+    enc = EncoderConfig.from_dict(ckpt.encoder_config)
+    qp = dict(ckpt.qp_config)
+    qp.setdefault("backend", "fast")
+    model = DMPOModel(enc, qp)
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path!r}: its weights do not fit its encoder configuration ({exc})."
+        ) from None
+    model.eval()
+    return ckpt, model, FeatureSpec.from_dict(ckpt.feature_config)
+
+
+class LearnedViews:
+    """A trained encoder applied to past data, once per decision time.
+
+    Parameters
+    ----------
+    checkpoint
+        Path of a ``dmpo`` checkpoint (``mpo train`` writes ``dmpo.pt``).
+    """
+
+    def __init__(self, checkpoint: str | Path):
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not exist; train one with `mpo train "
+                "policies/dmpo.toml` and point [learned] checkpoint at its dmpo.pt."
+            )
+        self.path = str(path.resolve())
+        self.ckpt, self.model, self.features = _load(self.path, path.stat().st_mtime_ns)
+        self.tickers = list(self.ckpt.tickers)
+        self.horizon = self.model.encoder_config.horizon
+        self.eps = float(self.model.qp_spec.eps)
+
+    def __repr__(self) -> str:
+        return f"LearnedViews({Path(self.path).name}, {len(self.tickers)} assets)"
+
+    def history(self) -> int:
+        """Periods of data before the first decision (feature warm-up plus window)."""
+        return self.features.warmup + self.features.window
+
+    def check_universe(self, universe: list[str]) -> None:
+        """:class:`CheckpointError` unless ``universe`` is the checkpoint's (any order)."""
+        if sorted(universe) != sorted(self.tickers):
+            only_ckpt = [t for t in self.tickers if t not in universe]
+            only_now = [t for t in universe if t not in self.tickers]
+            raise CheckpointError(
+                f"checkpoint {self.path!r} was trained on another universe: only in the "
+                f"checkpoint {only_ckpt}, only in the data {only_now}. Train on this universe "
+                "(mpo train ... --data ...) or select the checkpoint's tickers."
+            )
+
+    def check_horizon(self, horizon: int, who: str) -> None:
+        if horizon > self.horizon:
+            raise SpecError(
+                f"policy {who!r} plans {horizon} steps but the encoder of {self.path!r} predicts "
+                f"{self.horizon}; set [objective] planning_horizon <= {self.horizon} or train "
+                f"with [qp] horizon >= {horizon}."
+            )
+
+    def _compute(self, t, past_returns: pd.DataFrame, past_volumes: pd.DataFrame | None):
+        from mpo.learn.dataset import window_at
+
+        assets = past_returns.iloc[:, :-1]  # cvxportfolio keeps cash last
+        self.check_universe(list(assets.columns))
+        assets = assets[self.tickers]  # by name, in the encoder's order
+        vols = None
+        if past_volumes is not None:
+            vols = past_volumes[self.tickers]
+        X = window_at(pd.Timestamp(t), assets, vols, self.features)
+        with torch.no_grad():
+            views = self.model.views(torch.as_tensor(X, dtype=torch.float64)[None])
+        mu = views.mu[0].numpy()
+        L = views.L[0].numpy()
+        d = None if views.d is None else views.d[0].numpy()
+        for name, arr in (("mu_hat", mu), ("L_hat", L), ("d_hat", d)):
+            if arr is not None and not np.isfinite(arr).all():
+                bad = np.argwhere(~np.isfinite(arr))[0]
+                i = int(bad[-2] if name == "L_hat" else bad[-1])
+                raise DataError(
+                    f"the encoder of {self.path!r} returned a non-finite {name} for ticker "
+                    f"{self.tickers[i]!r} at {pd.Timestamp(t).date()}; the checkpoint or the "
+                    "input data are corrupt."
+                )
+        sigma = L @ L.T + np.eye(len(self.tickers)) * self.eps
+        if d is not None:
+            sigma = sigma + np.diag(d)
+        return {
+            "mu": pd.DataFrame(mu, columns=self.tickers),
+            "Sigma": pd.DataFrame(sigma, index=self.tickers, columns=self.tickers),
+            "views": views,
+        }
+
+    def at(self, t, past_returns, past_volumes=None, cache: dict | None = None) -> dict:
+        """Views at ``t`` (computed once per ``t`` and backtest, through ``cache``)."""
+        key = ("dmpo-views", self.path)
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None and hit[0] == t:
+                return hit[1]
+        value = self._compute(t, past_returns, past_volumes)
+        if cache is not None:
+            cache[key] = (t, value)
+        return value
+
+
+class LearnedReturnsForecast:
+    """``mu_hat`` of planning step ``mpo_step`` as a returns forecast (Series by ticker)."""
+
+    def __init__(self, views: LearnedViews):
+        self.views = views
+
+    def __repr__(self) -> str:
+        return f"LearnedReturnsForecast({self.views!r})"
+
+    def history(self) -> int:
+        return self.views.history()
+
+    def values_in_time(
+        self, t, past_returns, past_volumes=None, mpo_step=None, cache=None, **kwargs
+    ) -> pd.Series:
+        tau = int(mpo_step or 0)
+        if tau >= self.views.horizon:
+            raise SpecError(f"MPO step {tau} is beyond the encoder's horizon {self.views.horizon}.")
+        return self.views.at(t, past_returns, past_volumes, cache)["mu"].iloc[tau].copy()
+
+
+class LearnedCovariance:
+    """``Sigma_hat = L L' (+ diag(d)) + eps I`` as a DataFrame by ticker."""
+
+    def __init__(self, views: LearnedViews):
+        self.views = views
+
+    def __repr__(self) -> str:
+        return f"LearnedCovariance({self.views!r})"
+
+    def history(self) -> int:
+        return self.views.history()
+
+    def values_in_time(self, t, past_returns, past_volumes=None, cache=None, **kwargs):
+        return self.views.at(t, past_returns, past_volumes, cache)["Sigma"].copy()
+
+
+class DMPOQPPolicy(cvx.policies.Policy):
+    """The QP layer's own first-step decision, as trained (hard turnover limit enforced).
+
+    ``w_prev`` is the portfolio's current weights of the checkpoint's tickers;
+    the target weights are the QP's ``w_1`` (fully invested, long-only, capped,
+    ``||w_1 - w_prev||_1 <= delta`` with ``delta`` raised only where drift left
+    no feasible point within it). Every decision is recorded in ``decisions``
+    (``t -> (w_prev, w_1, delta)``) for inspection and tests.
+    """
+
+    def __init__(self, views: LearnedViews):
+        self.views = views
+        self.decisions: dict = {}
+
+    def values_in_time(
+        self, t, current_weights, past_returns, past_volumes=None, cache=None, **kwargs
+    ):
+        out = self.views.at(t, past_returns, past_volumes, cache)
+        tickers = self.views.tickers
+        model = self.views.model
+        w_prev = torch.tensor(current_weights[tickers].to_numpy(dtype=float), dtype=torch.float64)[
+            None
+        ]
+        with torch.no_grad():
+            delta = model.inference_delta(w_prev)
+            w, info = model.solve(out["views"], w_prev, delta)
+        if info is not None and not bool(info.converged.all()):
+            logger.warning("DMPO-QP at %s: the QP did not converge; holding", t)
+        w1 = w[0, 0].numpy()
+        self.decisions[t] = (w_prev[0].numpy(), w1, float(delta[0]))
+        target = pd.Series(0.0, index=current_weights.index)
+        target[tickers] = w1
+        target.iloc[-1] = 1.0 - float(w1.sum())  # cash: zero up to rounding (fully invested)
+        return target

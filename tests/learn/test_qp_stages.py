@@ -1,0 +1,72 @@
+"""Staged solve: samples whose first polish fails are finished on a compacted sub-batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mpo.learn.qp import fast, reference_solve, solve_qp
+
+
+@pytest.mark.parametrize(("horizon", "w_max"), [(1, 0.3), (2, None), (3, 0.3)])
+def test_late_stages_agree_with_reference(qp_case, monkeypatch, horizon, w_max):
+    """A very loose first stage makes most first polishes fail; the result must not change."""
+    case = qp_case(
+        seed=60 + horizon, batch=10, n=10, horizon=horizon, w_max=w_max, turnover="tight"
+    )
+    c = torch.tensor(np.random.default_rng(horizon).standard_normal((10, horizon, 10)))
+
+    def run():
+        mu = case.mu.clone().requires_grad_()
+        L = case.L.clone().requires_grad_()
+        w, info = solve_qp(*case.args()[:1], mu, L, *case.args()[3:], return_info=True)
+        return w.detach(), info, torch.autograd.grad((w * c).sum(), [mu, L])
+
+    w_default, _, g_default = run()
+    monkeypatch.setitem(fast._EARLY_TOL, torch.float64, 1e-2)
+    w, info, g = run()
+    assert bool(info.polished.all()) and bool(info.converged.all())
+    assert int(info.iterations.max()) > int(info.iterations.min())  # stages differ per sample
+    ref = reference_solve(*case.args())
+    np.testing.assert_allclose(w.numpy(), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(w, w_default, atol=1e-9, rtol=0)
+    for a, b in zip(g, g_default, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
+
+
+def test_interior_point_alone_is_reported(qp_case):
+    """Without polish and gradients the interior point's own convergence is reported."""
+    case = qp_case(seed=70, batch=6, n=8, horizon=2, turnover="tight")
+    spec = type(case.spec)(**{**case.spec.__dict__, "polish": False, "tol": 1e-7})
+    with torch.no_grad():
+        w, info = solve_qp(spec, case.mu, case.L, case.w_prev, case.delta, return_info=True)
+    assert bool(info.converged.all()) and not bool(info.polished.any())
+    assert bool((torch.maximum(info.primal_residual, info.dual_residual) <= 1e-5).all())
+    ref = reference_solve(*case.args())
+    np.testing.assert_allclose(w.numpy(), ref, atol=1e-3, rtol=0)  # IPM accuracy only
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_mixed_placeholder_rows(qp_case, horizon):
+    """Samples without L1 term or without turnover limit share a batch with ones that have."""
+    case = qp_case(seed=80 + horizon, batch=8, n=8, horizon=horizon, w_max=0.3, turnover="tight")
+    gamma = torch.tensor([0.0, 0.002, 0.0, 0.01, 0.0, 0.002, 0.005, 0.0], dtype=torch.float64)
+    delta = case.delta.clone()
+    delta[[2, 3, 6]] = float("inf")
+    mu = case.mu.clone().requires_grad_()
+    w, info = solve_qp(case.spec, mu, case.L, case.w_prev, delta, gamma=gamma, return_info=True)
+    assert bool(info.polished.all())
+    ref = reference_solve(case.spec, case.mu, case.L, case.w_prev, delta, gamma=gamma)
+    np.testing.assert_allclose(w.detach().numpy(), ref, atol=1e-6, rtol=0)
+    assert not bool(info.turnover_active[[2, 3, 6]].any())
+    (g,) = torch.autograd.grad(w[:, 0].pow(2).sum(), [mu])
+    assert bool(torch.isfinite(g).all())
+
+
+def test_no_l1_and_no_turnover_anywhere(qp_case):
+    """gamma = 0 and no limit: every L1 row is a placeholder; plain Markowitz QP."""
+    case = qp_case(seed=90, batch=5, n=7, horizon=2, w_max=0.3, turnover="none", gamma=0.0)
+    w, info = solve_qp(*case.args(), return_info=True)
+    assert bool(info.polished.all())
+    np.testing.assert_allclose(w.numpy(), reference_solve(*case.args()), atol=1e-6, rtol=0)

@@ -1,0 +1,170 @@
+"""Learned views in cvxportfolio: DMPO-QP and DMPO-MPO policies from a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from spec_helpers import spec_dict
+
+from mpo.backtest import run_backtests
+from mpo.config import parse_spec
+from mpo.errors import CheckpointError, DataError, SpecError
+from mpo.forecast.learned import LearnedCovariance, LearnedReturnsForecast, LearnedViews
+from mpo.learn.checkpoint import Checkpoint, save_checkpoint
+from mpo.learn.dataset import FeatureSpec, compute_features, window_at
+from mpo.learn.encoders import EncoderConfig
+from mpo.learn.qp import solve_qp
+from mpo.learn.qp.spec import min_turnover
+from mpo.learn.train import build_dmpo_model
+
+FEATURES = FeatureSpec(window=10, horizon=2, features=("returns", "volatility"))
+QP = {
+    "risk_aversion": 1.0,
+    "gamma": 1e-3,
+    "eps": 1e-6,
+    "w_max": 0.4,
+    "delta": 0.3,
+    "learned_delta": False,
+    "backend": "fast",
+}
+START = "2017-06-01"
+
+
+def _encoder(n: int) -> EncoderConfig:
+    return EncoderConfig(
+        kind="lstm", n_assets=n, n_features=2, window=10, horizon=2, hidden=8,
+        factor="lowrank_diag", rank=2, mu_scale=5e-3,
+    )  # fmt: skip
+
+
+def _write(path, tickers, state=None, seed=0):
+    model = build_dmpo_model(_encoder(len(tickers)), QP, seed)
+    ckpt = Checkpoint(
+        kind="dmpo",
+        state_dict=state if state is not None else model.state_dict(),
+        encoder_config=_encoder(len(tickers)).to_dict(),
+        feature_config=FEATURES.to_dict(),
+        qp_config=dict(QP),
+        tickers=list(tickers),
+        train_window=["2017-01-03", "2017-05-31"],
+        fingerprint="test",
+        seed=seed,
+    )
+    return save_checkpoint(ckpt, path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(market, tmp_path_factory):
+    return _write(tmp_path_factory.mktemp("ckpt") / "dmpo.pt", market.tickers)
+
+
+def _spec(kind, checkpoint, **kw):
+    sections = {"learned": {"checkpoint": str(checkpoint)}, "objective": {"planning_horizon": 2}}
+    sections.update(kw)
+    return parse_spec(spec_dict(kind, **sections))
+
+
+def test_window_at_equals_the_training_panel(market):
+    panel = compute_features(market, FEATURES)
+    for t in (market.calendar[40], market.calendar[200], market.calendar[-2]):
+        pos = panel.dates.get_loc(t)
+        expected = panel.values[pos - FEATURES.window + 1 : pos + 1]
+        past = market.returns.loc[market.calendar < t]
+        got = window_at(t, past, market.dollar_volumes.loc[past.index], FEATURES)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_dmpo_qp_decisions_equal_the_qp_layer_and_are_feasible(market, checkpoint):
+    spec = _spec("dmpo_qp", checkpoint)
+    run = run_backtests([spec], market, start=START, progress=False)
+    r = run.results["dmpo_qp"]
+    tickers = market.tickers
+    views = LearnedViews(checkpoint)
+    qp = views.model.qp_spec
+    checked = 0
+    for t in r.weights.index[::7]:
+        w_plus = r.weights.loc[t, tickers].to_numpy()
+        w_prev = w_plus - r.trades.loc[t, tickers].to_numpy()
+        past = market.returns.loc[market.calendar < t]
+        X = window_at(t, past, market.dollar_volumes.loc[past.index], FEATURES)
+        with torch.no_grad():
+            v = views.model.views(torch.as_tensor(X)[None])
+        wp = torch.as_tensor(w_prev)[None]
+        delta = torch.maximum(torch.tensor([QP["delta"]]), min_turnover(wp, QP["w_max"]) + 1e-12)
+        w = solve_qp(qp, v.mu, v.L, wp, delta, d=v.d)[0, 0].numpy()
+        np.testing.assert_allclose(w_plus, w, atol=1e-6)
+        assert abs(w_plus.sum() - 1) <= 1e-8 and w_plus.min() >= -1e-8
+        assert w_plus.max() <= QP["w_max"] + 1e-8
+        assert np.abs(w_plus - w_prev).sum() <= float(delta[0]) + 1e-8
+        checked += 1
+    assert checked >= 10
+    assert r.turnover.sum() > 0 and r.costs["spread"].sum() > 0  # it trades and pays for it
+
+
+def test_learned_outputs_are_aligned_by_ticker_name(market, checkpoint):
+    views = LearnedViews(checkpoint)
+    t = market.calendar[100]
+    past = market.returns_with_cash().loc[market.calendar < t]
+    vols = market.dollar_volumes.loc[past.index]
+    shuffled = past[[*market.tickers[::-1], market.cash_key]]
+    mu = LearnedReturnsForecast(views).values_in_time(t, past, vols, mpo_step=1)
+    mu_shuffled = LearnedReturnsForecast(views).values_in_time(
+        t, shuffled, vols[market.tickers[::-1]], mpo_step=1
+    )
+    pd.testing.assert_series_equal(mu, mu_shuffled)
+    assert list(mu.index) == market.tickers
+    sigma = LearnedCovariance(views).values_in_time(t, shuffled, vols)
+    assert list(sigma.index) == list(sigma.columns) == market.tickers
+    assert np.linalg.eigvalsh(sigma.to_numpy()).min() > 0
+
+
+def test_dmpo_mpo_runs_in_cvxportfolio_with_the_real_costs(market, checkpoint):
+    spec = _spec("dmpo_mpo", checkpoint)
+    run = run_backtests([spec], market, start=START, progress=False)
+    r = run.results["dmpo_mpo"]
+    assert r.weights[market.tickers].min().min() >= -1e-6
+    assert r.turnover.sum() > 0
+    assert "sharpe_vs_hold" in run.table().columns
+
+
+@pytest.mark.parametrize("kind", ["dmpo_qp", "dmpo_mpo"])
+def test_learned_policies_never_see_the_future(market, checkpoint, kind):
+    spec = _spec(kind, checkpoint)
+    cut = market.calendar[250]
+    rng = np.random.default_rng(0)
+    future = market.calendar >= cut
+    returns = market.returns.copy()
+    returns.loc[future] = rng.normal(0, 0.03, size=(future.sum(), returns.shape[1]))
+    volumes = market.volumes.copy()
+    volumes.loc[future] *= 5.0
+    perturbed = replace(market, returns=returns, volumes=volumes)
+    a = run_backtests([spec], market, start=START, progress=False).results[kind].weights
+    b = run_backtests([spec], perturbed, start=START, progress=False).results[kind].weights
+    before = a.index <= cut
+    pd.testing.assert_frame_equal(a.loc[before], b.loc[before], check_exact=True)
+    assert not np.allclose(a.loc[~before].to_numpy(), b.loc[~before].to_numpy())
+
+
+def test_bad_learned_inputs(market, checkpoint, tmp_path):
+    with pytest.raises(SpecError, match=r"needs \[learned\] checkpoint"):
+        parse_spec(spec_dict("dmpo_qp"))
+    missing = _spec("dmpo_qp", tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_backtests([missing], market, start=START, progress=False)
+    other = _write(tmp_path / "other.pt", [*market.tickers[:-1], "ZZZ"])
+    with pytest.raises(CheckpointError, match=r"only in the checkpoint \['ZZZ'\]"):
+        run_backtests([_spec("dmpo_qp", other)], market, start=START, progress=False)
+    long = _spec("dmpo_mpo", checkpoint, objective={"planning_horizon": 3})
+    with pytest.raises(SpecError, match="plans 3 steps but the encoder .* predicts 2"):
+        run_backtests([long], market, start=START, progress=False)
+    state = build_dmpo_model(_encoder(len(market.tickers)), QP, 0).state_dict()
+    key = next(k for k in state if "mu" in k and k.endswith("bias"))
+    state[key] = state[key].clone()
+    state[key][3] = float("nan")
+    broken = _write(tmp_path / "nan.pt", market.tickers, state=state)
+    with pytest.raises(DataError, match=f"non-finite mu_hat for ticker '{market.tickers[3]}'"):
+        run_backtests([_spec("dmpo_mpo", broken)], market, start=START, progress=False)
