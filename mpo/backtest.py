@@ -158,6 +158,25 @@ def _window(specs: list[PolicySpec], market: MarketData, start, end) -> tuple[in
     return first, last
 
 
+def _warn_in_sample(specs: list[PolicySpec], t0: pd.Timestamp) -> None:
+    """Learned policies backtested on dates their model was trained or selected on."""
+    from mpo.policies import learned_views
+
+    for spec in specs:
+        if not spec.kind.startswith("dmpo"):
+            continue
+        end = learned_views(spec).selection_end
+        if t0 <= end:
+            logger.warning(
+                "policy %r: its checkpoint was trained and validated on decisions up to %s, but "
+                "the backtest starts %s: these results are partly in sample. Train on data "
+                "ending before the backtest (with a gap) for an honest comparison.",
+                spec.name,
+                end.date(),
+                t0.date(),
+            )
+
+
 def _check_shared(specs: list[PolicySpec]) -> None:
     ref = specs[0]
     for s in specs[1:]:
@@ -248,6 +267,7 @@ def run_backtests(
     first, last = _window(specs, market, start, end)
     cal = market.calendar
     t0, t1 = cal[first], cal[last]
+    _warn_in_sample(specs, t0)
     simulator = cvx.MarketSimulator(
         market_data=market.to_cvxportfolio(), costs=cost_model(specs[0]).simulator_costs()
     )

@@ -139,6 +139,32 @@ def _load_market(ref, data, tickers, start, end, adv, seed):
     return market, custom_data
 
 
+def _apply_tuned(spec, path: Path):
+    """``spec`` with the parameters of ``<spec>.tuned.json`` (from ``mpo tune``), if any."""
+    import json
+
+    from mpo.errors import SpecError
+
+    tuned_path = Path(path).with_suffix(".tuned.json")
+    if not tuned_path.is_file():
+        return spec
+    try:
+        info = json.loads(tuned_path.read_text())
+        params = dict(info["params"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError(f"cannot read tuned parameters {str(tuned_path)!r}: {exc}") from None
+    if "planning_horizon" in params:
+        params["planning_horizon"] = int(params["planning_horizon"])
+    out = spec.with_updates(objective=params, name=f"{spec.name}-tuned")
+    w = info.get("windows", {})
+    typer.echo(
+        f"{spec.name}: tuned parameters from {tuned_path} ("
+        + ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+        + f"; tuned on {w.get('train', ['?', '?'])[0]} to {w.get('train', ['?', '?'])[1]})"
+    )
+    return out
+
+
 def _run(
     spec_paths: list[Path],
     data: str | None,
@@ -152,11 +178,14 @@ def _run(
     seed: int,
     no_progress: bool,
     report: bool = True,
+    tuned: bool = False,
 ) -> None:
     from mpo.backtest import run_backtests
     from mpo.config import load_spec
 
     specs = [load_spec(p) for p in spec_paths]
+    if tuned:
+        specs = [_apply_tuned(s, p) for s, p in zip(specs, spec_paths, strict=True)]
     ref = specs[0]
     market, custom_data = _load_market(ref, data, tickers, start, end, adv, seed)
     if custom_data:
@@ -331,6 +360,12 @@ def compare(
     seed: SeedOpt = 0,
     no_progress: QuietOpt = False,
     report: ReportOpt = True,
+    tuned: Annotated[
+        bool,
+        typer.Option(
+            "--tuned", help="Use the parameters of <spec>.tuned.json (mpo tune) where present."
+        ),
+    ] = False,
 ) -> None:
     """Backtest several policies (and Hold) on the same market; one table and an HTML report."""
     _guard(
@@ -347,6 +382,7 @@ def compare(
         seed,
         no_progress,
         report,
+        tuned,
     )
 
 

@@ -465,6 +465,21 @@ def test_cli_tune_prints_the_out_of_sample_table(tmp_path):
     assert json.loads((tmp_path / "kill.tuned.json").read_text())["params"]
     (run_dir,) = (tmp_path / "runs").glob("*-tune-spo")
     assert (run_dir / "risk_return.png").exists()
+    assert "<table" in (run_dir / "report.html").read_text()
+
+    # `mpo compare --tuned` picks the tuned parameters up from <spec>.tuned.json
+    tuned = json.loads((tmp_path / "kill.tuned.json").read_text())["params"]
+    result = CliRunner().invoke(
+        app,
+        ["compare", str(spec_path), "--tuned", "--backtest-start", "2018-03-01", "--no-progress",
+         "--no-report", "--out", str(tmp_path / "cmp")],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "tuned parameters from" in result.output and "\nspo-tuned " in result.output
+    (cmp_dir,) = (tmp_path / "cmp").iterdir()
+    used = json.loads((cmp_dir / "run.json").read_text())["specs"]["spo-tuned"]["objective"]
+    assert used["gamma_risk"] == tuned["gamma_risk"]
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from mpo.errors import CheckpointError, DataError, SpecError
+from mpo.learn.encoders import Views
 
 __all__ = ["DMPOQPPolicy", "LearnedCovariance", "LearnedReturnsForecast", "LearnedViews"]
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str, mtime_ns: int):
+    from mpo.learn.baselines import TwoStageModel
     from mpo.learn.checkpoint import load_checkpoint
     from mpo.learn.dataset import FeatureSpec
     from mpo.learn.encoders import EncoderConfig
@@ -54,7 +56,8 @@ def _load(path: str, mtime_ns: int):
     enc = EncoderConfig.from_dict(ckpt.encoder_config)
     qp = dict(ckpt.qp_config)
     qp.setdefault("backend", "fast")
-    model = DMPOModel(enc, qp)
+    qp.setdefault("learned_delta", False)
+    model = DMPOModel(enc, qp) if ckpt.kind == "dmpo" else TwoStageModel(enc, qp)
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as exc:
@@ -84,8 +87,16 @@ class LearnedViews:
         self.path = str(path.resolve())
         self.ckpt, self.model, self.features = _load(self.path, path.stat().st_mtime_ns)
         self.tickers = list(self.ckpt.tickers)
+        self.kind = self.ckpt.kind
         self.horizon = self.model.encoder_config.horizon
         self.eps = float(self.model.qp_spec.eps)
+        spec = (self.ckpt.extra or {}).get("spec") or {}
+        #: two-stage risk: Ledoit-Wolf on this many past returns (as in training)
+        self.lw_lookback = int((spec.get("baselines") or {}).get("lw_lookback", 252))
+        splits = (self.ckpt.extra or {}).get("splits") or {}
+        ends = [splits[k]["end"] for k in ("train", "val") if k in splits]
+        #: last decision date whose data trained or selected (early-stopped) the model
+        self.selection_end = pd.Timestamp(max(ends) if ends else self.ckpt.train_window[-1])
 
     def __repr__(self) -> str:
         return f"LearnedViews({Path(self.path).name}, {len(self.tickers)} assets)"
@@ -118,13 +129,20 @@ class LearnedViews:
 
         assets = past_returns.iloc[:, :-1]  # cvxportfolio keeps cash last
         self.check_universe(list(assets.columns))
-        assets = assets[self.tickers]  # by name, in the encoder's order
-        vols = None
-        if past_volumes is not None:
-            vols = past_volumes[self.tickers]
+        if list(assets.columns) != self.tickers:  # by name, in the encoder's order
+            assets = assets[self.tickers]
+        vols = past_volumes
+        if vols is not None and list(vols.columns) != self.tickers:
+            vols = vols[self.tickers]
         X = window_at(pd.Timestamp(t), assets, vols, self.features)
         with torch.no_grad():
-            views = self.model.views(torch.as_tensor(X, dtype=torch.float64)[None])
+            if self.kind == "dmpo":
+                views = self.model.views(torch.as_tensor(X, dtype=torch.float64)[None])
+            else:  # two-stage: MSE-trained mu_hat, Ledoit-Wolf risk of the past returns
+                views = Views(
+                    self.model.mu(torch.as_tensor(X, dtype=torch.float64)[None]),
+                    torch.as_tensor(_ledoit_wolf_factor(assets, self.lw_lookback, t))[None],
+                )
         mu = views.mu[0].numpy()
         L = views.L[0].numpy()
         d = None if views.d is None else views.d[0].numpy()
@@ -157,6 +175,21 @@ class LearnedViews:
         if cache is not None:
             cache[key] = (t, value)
         return value
+
+
+def _ledoit_wolf_factor(assets: pd.DataFrame, lookback: int, t) -> np.ndarray:
+    """Cholesky factor of the Ledoit-Wolf covariance of the last ``lookback`` past returns
+    (as :func:`mpo.learn.baselines.ledoit_wolf_factors` in training)."""
+    from sklearn.covariance import LedoitWolf
+
+    window = assets.to_numpy(dtype=float)[-lookback:]
+    if len(window) < 10:
+        raise DataError(
+            f"the two-stage risk model at {pd.Timestamp(t).date()} needs >= 10 past returns, "
+            f"got {len(window)}."
+        )
+    cov = LedoitWolf().fit(window).covariance_
+    return np.linalg.cholesky(cov + 1e-12 * np.eye(cov.shape[0]))
 
 
 class LearnedReturnsForecast:
@@ -220,8 +253,16 @@ class DMPOQPPolicy(cvx.policies.Policy):
             None
         ]
         with torch.no_grad():
-            delta = model.inference_delta(w_prev)
-            w, info = model.solve(out["views"], w_prev, delta)
+            if self.views.kind == "dmpo":
+                delta = model.inference_delta(w_prev)
+                w, info = model.solve(out["views"], w_prev, delta)
+            else:  # two-stage: the same QP and limits, as in training's decider
+                from mpo.learn.qp import min_turnover, solve_qp
+
+                need = min_turnover(w_prev, model.qp_spec.w_max) + 1e-12
+                delta = torch.clamp(need, min=model.delta)
+                v = out["views"]
+                w, info = solve_qp(model.qp_spec, v.mu, v.L, w_prev, delta, return_info=True)
         if info is not None and not bool(info.converged.all()):
             logger.warning("DMPO-QP at %s: the QP did not converge; holding", t)
         w1 = w[0, 0].numpy()

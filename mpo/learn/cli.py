@@ -52,7 +52,9 @@ def load_training_market(spec, data: str | None, seed: int | None, adv: float | 
     )
 
 
-def _checkpoint(state_dict, spec, ds, train_split, kind: str, seed: int, history=None):
+def _checkpoint(
+    state_dict, spec, ds, train_split, kind: str, seed: int, history=None, splits=None
+):
     from mpo.learn.checkpoint import Checkpoint
     from mpo.learn.train import qp_config_from_spec
 
@@ -66,7 +68,7 @@ def _checkpoint(state_dict, spec, ds, train_split, kind: str, seed: int, history
         train_window=[str(train_split.start.date()), str(train_split.end.date())],
         fingerprint=ds.fingerprint,
         seed=seed,
-        extra={"history": history or [], "spec": spec.model_dump()},
+        extra={"history": history or [], "spec": spec.model_dump(), "splits": splits or {}},
     )
 
 
@@ -115,8 +117,12 @@ def run_experiment(
         ck.training_state = st
         save_checkpoint(ck, run_dir / "dmpo-interrupted.pt")
 
+    splits = {sp.name: sp.describe() for sp in (train, val, test)}
+
     def save(tr, kind: str) -> None:
-        ck = _checkpoint(tr.model.state_dict(), spec, ds, train, kind, seed, tr.fit.history)
+        ck = _checkpoint(
+            tr.model.state_dict(), spec, ds, train, kind, seed, tr.fit.history, splits
+        )
         save_checkpoint(ck, run_dir / f"{kind}.pt")
 
     dmpo = train_dmpo(spec, ds, train, val, progress=progress, resume=state,
@@ -238,6 +244,14 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--compare-remedies", help="Also train every starvation remedy.")
         ] = False,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide bars.")] = False,
+        run_dir_opt: Annotated[
+            Path | None,
+            typer.Option(
+                "--run-dir",
+                help="Write the run here (e.g. runs/dmpo, where policies/dmpo_*.toml look) "
+                "instead of OUT/<stamp>-train-<name>.",
+            ),
+        ] = None,
     ) -> None:
         """Train DMPO through the QP layer and compare it with three baselines."""
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -264,7 +278,7 @@ def register(app: typer.Typer) -> None:
             )
             typer.echo(market.volume_note)
             stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = out / f"{stamp}-train-{ts.name}"
+            run_dir = run_dir_opt or out / f"{stamp}-train-{ts.name}"
             results = run_experiment(
                 ts, market, run_dir, progress=not no_progress, resume=resume,
                 remedies=REMEDIES if compare_remedies else (),
