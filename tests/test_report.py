@@ -65,3 +65,39 @@ def test_report_is_self_contained_html_with_table_and_figures(run, tmp_path):
         assert image.std() > 0.01  # not a blank picture
     assert "http://" not in text and "https://" not in text
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next(
+        (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
+        None,
+    )
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (.ci/run installs it)")
+def test_report_renders_in_a_headless_browser(run, tmp_path):
+    """Chromium loads the file, builds the table and decodes every figure."""
+    import re
+    import subprocess
+
+    text = write_report(run, tmp_path / "report.html").read_text(encoding="utf-8")
+    probe = (
+        '<script>window.addEventListener("load", () => {'
+        "const ok = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;"
+        'document.body.setAttribute("data-images-ok", ok);'
+        'document.body.setAttribute("data-cells", document.querySelectorAll("td").length);'
+        "});</script></body>"
+    )
+    page = tmp_path / "probe.html"
+    page.write_text(text.replace("</body>", probe), encoding="utf-8")
+    dom = subprocess.run(
+        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert re.search(r'data-images-ok="4"', dom), dom[-2000:]
+    cells = int(re.search(r'data-cells="(\d+)"', dom).group(1))
+    assert cells >= 3 * 10
+    assert "dSharpe vs Hold" in dom and "Equity curves" in dom
