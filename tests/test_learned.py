@@ -168,3 +168,54 @@ def test_bad_learned_inputs(market, checkpoint, tmp_path):
     broken = _write(tmp_path / "nan.pt", market.tickers, state=state)
     with pytest.raises(DataError, match=f"non-finite mu_hat for ticker '{market.tickers[3]}'"):
         run_backtests([_spec("dmpo_mpo", broken)], market, start=START, progress=False)
+
+
+def test_dmpo_mpo_multipliers_are_tuned_like_mpo(market, checkpoint, tmp_path):
+    import optuna
+
+    from mpo.errors import TuningError
+    from mpo.tuning import tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = _spec("dmpo_mpo", checkpoint, tuning={"trials": 2, "prune": False})
+    res = tune(
+        spec,
+        market,
+        train=("2017-04-13", "2017-08-31"),
+        test=("2017-12-14", "2018-06-21"),
+        storage=str(tmp_path / "s.journal"),
+        progress=False,
+    )
+    assert (res.trials["state"] == "COMPLETE").sum() == 2
+    assert list(res.table().index) == ["hold", "equal_weight", "dmpo_mpo-untuned", "dmpo_mpo-tuned"]
+    with pytest.raises(TuningError, match="only spo, mpo and dmpo_mpo"):
+        tune(_spec("dmpo_qp", checkpoint), market, storage=str(tmp_path / "s.journal"))
+
+
+def test_cli_backtest_of_a_learned_spec(market, checkpoint, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mpo.cli import app
+
+    path = tmp_path / "dmpo_qp.toml"
+    path.write_text(
+        f"""
+name = "dmpo_qp"
+kind = "dmpo_qp"
+[data]
+source = "sp20"
+tickers = {market.tickers!r}
+adv = 1e8
+start = "2017-01-01"
+end = "2017-12-29"
+[backtest]
+start = "2017-10-02"
+[learned]
+checkpoint = {str(checkpoint)!r}
+"""
+    )
+    result = CliRunner().invoke(
+        app, ["backtest", str(path), "--no-progress", "--no-report", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "\ndmpo_qp " in result.output
