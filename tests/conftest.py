@@ -6,10 +6,9 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np
 import pandas as pd
 import pytest
-from spec_helpers import TIGHT, spec_dict  # noqa: F401  (re-exported for the tests)
+from spec_helpers import TIGHT, make_market, spec_dict  # noqa: F401  (re-exported)
 
 from mpo.config import parse_spec
 from mpo.data.market import MarketData
@@ -26,17 +25,6 @@ def _sp_prices() -> pd.DataFrame:
 @pytest.fixture(scope="session")
 def sp_prices() -> pd.DataFrame:
     return _sp_prices()
-
-
-def make_market(prices: pd.DataFrame, seed: int = 0, cash: float = 0.0) -> MarketData:
-    """Real prices plus seeded synthetic dollar volumes (so the impact term varies)."""
-    rng = np.random.default_rng(seed)
-    vol = pd.DataFrame(
-        np.exp(rng.normal(np.log(5e7), 0.4, size=prices.shape)),
-        index=prices.index,
-        columns=prices.columns,
-    )
-    return MarketData.from_prices(prices, vol, cash_return=cash, name="test")
 
 
 @pytest.fixture(scope="session")

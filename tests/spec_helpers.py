@@ -6,6 +6,11 @@ A plain module, not ``conftest``: several directories have a conftest.py, so
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
+
+from mpo.data.market import MarketData
+
 #: CLARABEL tolerances for comparisons against hand-written problems.
 TIGHT = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
 
@@ -32,3 +37,14 @@ def spec_dict(kind: str = "spo", **sections) -> dict:
         else:
             base[key] = value
     return base
+
+
+def make_market(prices: pd.DataFrame, seed: int = 0, cash: float = 0.0) -> MarketData:
+    """Real prices plus seeded synthetic dollar volumes (so the impact term varies)."""
+    rng = np.random.default_rng(seed)
+    vol = pd.DataFrame(
+        np.exp(rng.normal(np.log(5e7), 0.4, size=prices.shape)),
+        index=prices.index,
+        columns=prices.columns,
+    )
+    return MarketData.from_prices(prices, vol, cash_return=cash, name="test")

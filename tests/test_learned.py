@@ -78,6 +78,23 @@ def test_window_at_equals_the_training_panel(market):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
 
+def test_window_at_on_a_long_history_equals_the_full_panel(sp_prices):
+    """window_at keeps only the recent past (EWM weights beyond 40 spans are ~1e-35): on 3000
+    periods it still equals the panel computed on the whole history."""
+    from spec_helpers import make_market
+
+    long = make_market(sp_prices.loc["2010-01-01":, ["AAPL", "KO", "XOM", "JPM"]], cash=1e-4)
+    spec = FeatureSpec(window=20, horizon=1, features=("returns", "volatility", "momentum",
+                                                       "volume"))  # fmt: skip
+    panel = compute_features(long, spec)
+    for t in (long.calendar[1000], long.calendar[-2]):
+        pos = panel.dates.get_loc(t)
+        past = long.returns.loc[long.calendar < t]
+        got = window_at(t, past, long.dollar_volumes.loc[past.index], spec)
+        expected = panel.values[pos - spec.window + 1 : pos + 1]
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_dmpo_qp_decisions_equal_the_qp_layer_and_are_feasible(market, checkpoint):
     spec = _spec("dmpo_qp", checkpoint)
     run = run_backtests([spec], market, start=START, progress=False)

@@ -87,6 +87,7 @@ class LearnedViews:
         self.path = str(path.resolve())
         self.ckpt, self.model, self.features = _load(self.path, path.stat().st_mtime_ns)
         self.tickers = list(self.ckpt.tickers)
+        self._index = pd.Index(self.tickers)  # built once: frames by ticker every period
         self.kind = self.ckpt.kind
         self.horizon = self.model.encoder_config.horizon
         self.eps = float(self.model.qp_spec.eps)
@@ -159,8 +160,8 @@ class LearnedViews:
         if d is not None:
             sigma = sigma + np.diag(d)
         return {
-            "mu": pd.DataFrame(mu, columns=self.tickers),
-            "Sigma": pd.DataFrame(sigma, index=self.tickers, columns=self.tickers),
+            "mu": pd.DataFrame(mu, columns=self._index),
+            "Sigma": pd.DataFrame(sigma, index=self._index, columns=self._index),
             "views": views,
         }
 

@@ -182,6 +182,10 @@ def _feature_frames(
     return cols
 
 
+#: Spans of history kept by :func:`window_at` for its exponentially weighted features.
+EWM_TAIL_SPANS = 40
+
+
 def window_at(
     t: pd.Timestamp,
     past_returns: pd.DataFrame,
@@ -202,9 +206,24 @@ def window_at(
             f"({spec.warmup} warm-up + window {spec.window}), only {len(past_returns)} exist; "
             "start the backtest later."
         )
+    # Only the recent past matters: EWM weights older than EWM_TAIL_SPANS spans are below
+    # (1 - 2/(span+1))^(EWM_TAIL_SPANS span) ~ 1e-35 of the newest, so the features equal the
+    # full-history panel to rounding (1e-12 tested) at a cost that does not grow with history.
+    tail = (
+        spec.window
+        + spec.momentum_lookback
+        + int(np.ceil(EWM_TAIL_SPANS * max(spec.vol_span, spec.volume_span)))
+        + 2
+    )
+    if len(past_returns) > tail:
+        past_returns = past_returns.iloc[-tail:]
+        if past_dollar_volumes is not None:
+            past_dollar_volumes = past_dollar_volumes.iloc[-tail:]
     idx = past_returns.index.append(pd.DatetimeIndex([t]))
     r = past_returns.reindex(idx)
-    v = None if past_dollar_volumes is None else past_dollar_volumes.reindex(idx)
+    v = None  # only the 'volume' feature reads volumes: skip the reindex otherwise
+    if past_dollar_volumes is not None and "volume" in spec.features:
+        v = past_dollar_volumes.reindex(idx)
     cols = _feature_frames(r, v, spec)
     out = np.stack(
         [cols[name].to_numpy(dtype=float)[-spec.window :] for name in spec.features], -1
