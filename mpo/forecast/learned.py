@@ -126,8 +126,13 @@ class LearnedViews:
             )
 
     def _compute(self, t, past_returns: pd.DataFrame, past_volumes: pd.DataFrame | None):
-        from mpo.learn.dataset import window_at
+        from mpo.learn.dataset import history_tail, window_at
 
+        keep = max(history_tail(self.features), self.lw_lookback)  # older rows are not read
+        if len(past_returns) > keep:
+            past_returns = past_returns.iloc[-keep:]
+            if past_volumes is not None:
+                past_volumes = past_volumes.iloc[-keep:]
         assets = past_returns.iloc[:, :-1]  # cvxportfolio keeps cash last
         self.check_universe(list(assets.columns))
         if list(assets.columns) != self.tickers:  # by name, in the encoder's order

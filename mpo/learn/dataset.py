@@ -186,6 +186,16 @@ def _feature_frames(
 EWM_TAIL_SPANS = 40
 
 
+def history_tail(spec: FeatureSpec) -> int:
+    """Rows of past data :func:`window_at` reads (older rows cannot change its result)."""
+    return (
+        spec.window
+        + spec.momentum_lookback
+        + int(np.ceil(EWM_TAIL_SPANS * max(spec.vol_span, spec.volume_span)))
+        + 2
+    )
+
+
 def window_at(
     t: pd.Timestamp,
     past_returns: pd.DataFrame,
@@ -209,12 +219,7 @@ def window_at(
     # Only the recent past matters: EWM weights older than EWM_TAIL_SPANS spans are below
     # (1 - 2/(span+1))^(EWM_TAIL_SPANS span) ~ 1e-35 of the newest, so the features equal the
     # full-history panel to rounding (1e-12 tested) at a cost that does not grow with history.
-    tail = (
-        spec.window
-        + spec.momentum_lookback
-        + int(np.ceil(EWM_TAIL_SPANS * max(spec.vol_span, spec.volume_span)))
-        + 2
-    )
+    tail = history_tail(spec)
     if len(past_returns) > tail:
         past_returns = past_returns.iloc[-tail:]
         if past_dollar_volumes is not None:
