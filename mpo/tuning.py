@@ -620,15 +620,25 @@ def _check_config(study: optuna.Study, config: dict) -> None:
         study.set_user_attr("mpo_config", json.loads(json.dumps(config, default=str)))
         return
     new = json.loads(json.dumps(config, default=str))
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    diff = _leaf_diff(old, new)
     if diff:
-        details = "; ".join(f"{k}: study has {old.get(k)!r}, now {new.get(k)!r}" for k in diff)
+        shown = "; ".join(diff[:8]) + (f"; and {len(diff) - 8} more" if len(diff) > 8 else "")
         raise TuningError(
-            f"study {study.study_name!r} was created with a different configuration ({details}"
-            f"). Resume it with the original settings, or start a new study with --study NAME."[
-                :4000
-            ]
+            f"study {study.study_name!r} was created with a different configuration ({shown}). "
+            "Resume it with the original settings, or start a new study with --study NAME."
         )
+
+
+def _leaf_diff(old, new, prefix: str = "") -> list[str]:
+    """``'a.b: study has X, now Y'`` for every differing leaf of two JSON-like dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _leaf_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: study has {old!r}, now {new!r}"]
+    return []
 
 
 def _run_workers(job: _Job, workers: int, progress: bool, timeout: float | None) -> None:
