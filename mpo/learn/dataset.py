@@ -17,6 +17,7 @@ realised returns over the planning horizon are ``returns.loc[t], ..., returns.lo
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import asdict, dataclass, field
 
@@ -186,6 +187,55 @@ def _feature_frames(
 EWM_TAIL_SPANS = 40
 
 
+@functools.lru_cache(maxsize=64)
+def _ewm_weights(span: float, rows: int, window: int) -> np.ndarray:
+    """``(window, rows)`` EWM weights (pandas ``adjust=True``) of the windows ending before
+    each of the last ``window`` rows + 1: row ``k`` weighs ``x[0 .. rows - window + k]``."""
+    alpha = 2.0 / (span + 1.0)
+    ends = np.arange(rows - window + 1, rows + 1)  # exclusive ends
+    age = ends[:, None] - 1 - np.arange(rows)[None, :]
+    with np.errstate(over="ignore"):
+        w = np.where(age >= 0, (1.0 - alpha) ** np.maximum(age, 0), 0.0)
+    w.setflags(write=False)
+    return w
+
+
+def _window_features(x: np.ndarray, v: np.ndarray | None, spec: FeatureSpec) -> np.ndarray:
+    """The last ``T`` rows of :func:`_feature_frames` for a decision right after ``x``'s rows.
+
+    ``x`` (and ``v``) are the past rows only; row ``k`` of the result uses rows before
+    ``len(x) - T + 1 + k``. Closed forms of pandas' operations (EWM with
+    ``adjust=True``, unbiased EWM std, rolling mean): equal to the pandas panel to
+    rounding (tested to 1e-12) at a fraction of the cost, which matters once per period
+    in a backtest.
+    """
+    K, T = len(x), spec.window
+    s = spec.return_scale
+    cols = []
+    for name in spec.features:
+        if name == "returns":
+            cols.append(x[K - T :] * s)
+        elif name == "volatility":
+            W = _ewm_weights(spec.vol_span, K, T)
+            s0 = W.sum(1)[:, None]
+            mean = W @ x / s0
+            var = (W @ (x * x)) / s0 - mean**2
+            s0sq = s0**2
+            corr = s0sq / (s0sq - (W * W).sum(1)[:, None])
+            cols.append(np.sqrt(np.maximum(var, 0.0) * corr) * s)
+        elif name == "momentum":
+            L = spec.momentum_lookback
+            c = np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)
+            ends = np.arange(K - T + 1, K + 1)
+            cols.append((c[ends] - c[ends - L]) / L * s * np.sqrt(L))
+        elif name == "volume":
+            logv = np.log(v)
+            W = _ewm_weights(spec.volume_span, K - 1, T)
+            ewm = W @ logv[: K - 1] / W.sum(1)[:, None]
+            cols.append(logv[K - T :] - ewm)
+    return np.stack(cols, -1)
+
+
 def history_tail(spec: FeatureSpec) -> int:
     """Rows of past data :func:`window_at` reads (older rows cannot change its result)."""
     return (
@@ -225,14 +275,13 @@ def window_at(
         if past_dollar_volumes is not None:
             past_dollar_volumes = past_dollar_volumes.iloc[-tail:]
     idx = past_returns.index.append(pd.DatetimeIndex([t]))
-    r = past_returns.reindex(idx)
-    v = None  # only the 'volume' feature reads volumes: skip the reindex otherwise
-    if past_dollar_volumes is not None and "volume" in spec.features:
-        v = past_dollar_volumes.reindex(idx)
-    cols = _feature_frames(r, v, spec)
-    out = np.stack(
-        [cols[name].to_numpy(dtype=float)[-spec.window :] for name in spec.features], -1
-    )
+    x = past_returns.to_numpy(dtype=float)
+    v = None  # only the 'volume' feature reads volumes
+    if "volume" in spec.features:
+        if past_dollar_volumes is None:
+            raise DataError("the 'volume' feature needs volumes; drop it or give volumes.")
+        v = past_dollar_volumes.to_numpy(dtype=float)
+    out = _window_features(x, v, spec)
     bad = ~np.isfinite(out)
     if bad.any():
         k, i, f = (int(a[0]) for a in np.nonzero(bad))
