@@ -236,3 +236,14 @@ checkpoint = {str(checkpoint)!r}
     )
     assert result.exit_code == 0, result.output
     assert "\ndmpo_qp " in result.output
+
+
+def test_the_encoder_runs_once_per_period_for_every_mpo_step(market, checkpoint, monkeypatch):
+    """H=2 MPO asks for mu_hat twice and Sigma_hat twice per period: one encoder call."""
+    model = LearnedViews(checkpoint).model  # the instance every LearnedViews of it shares
+    calls = []
+    original = model.views
+    monkeypatch.setattr(model, "views", lambda X: calls.append(1) or original(X))
+    run = run_backtests([_spec("dmpo_mpo", checkpoint)], market, start="2018-03-01",
+                        include_hold=False, progress=False)  # fmt: skip
+    assert len(calls) == len(run.results["dmpo_mpo"].returns)
