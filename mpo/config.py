@@ -135,6 +135,7 @@ TUNABLE = {
     "gamma_trade": "objective",
     "gamma_hold": "objective",
     "planning_horizon": "objective",
+    "delta": "learned",  # dmpo_qp: the inference turnover limit
 }
 
 
@@ -195,7 +196,7 @@ class TuningSpec(_Strict):
                     f"tuning.params.{name}: the range is empty or inverted (low={p.low:g} >= "
                     f"high={p.high:g}); give low < high."
                 )
-            if name.startswith("gamma") and p.low < 0:
+            if (name.startswith("gamma") or name == "delta") and p.low < 0:
                 raise ValueError(
                     f"tuning.params.{name}: multipliers must be >= 0, got low={p.low:g}."
                 )
@@ -220,6 +221,11 @@ class LearnedSpec(_Strict):
     checkpoint: str | None = Field(
         default=None,
         description="Path of a dmpo checkpoint written by `mpo train` (relative to the cwd).",
+    )
+    delta: Annotated[float, Field(gt=0, le=2)] | None = Field(
+        default=None,
+        description="dmpo_qp: inference turnover limit ||w - w_prev||_1 <= delta (default: the "
+        "checkpoint's); tunable with [tuning.params.delta].",
     )
 
 
@@ -254,6 +260,13 @@ class PolicySpec(_Strict):
                 f"kind='spo' has planning_horizon 1, got {self.objective.planning_horizon}; use "
                 "kind='mpo' for a multi-period policy."
             )
+        if "delta" in self.tuning.params and self.kind != "dmpo_qp":
+            raise ValueError(
+                f"tuning.params.delta (the learned QP's turnover limit) needs kind='dmpo_qp', got "
+                f"kind={self.kind!r}."
+            )
+        if self.learned.delta is not None and self.kind != "dmpo_qp":
+            raise ValueError(f"learned.delta applies to kind='dmpo_qp' only, got {self.kind!r}.")
         if self.kind not in ("mpo", "dmpo_mpo") and "planning_horizon" in self.tuning.params:
             raise ValueError(
                 f"tuning.params.planning_horizon needs kind='mpo', got kind={self.kind!r}."

@@ -164,7 +164,7 @@ def build_policy(
         if spec.kind == "dmpo_qp":
             from mpo.forecast.learned import DMPOQPPolicy
 
-            return DMPOQPPolicy(views)
+            return DMPOQPPolicy(views, delta=spec.learned.delta)
     n = len(universe)
     kwargs = {"solver": spec.backtest.solver, **spec.backtest.solver_options}
     if n >= IGNORE_DPP_FROM:

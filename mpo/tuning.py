@@ -381,10 +381,7 @@ class _TrialRunner:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def spec_for(self, params: dict) -> PolicySpec:
-        updates = {name: params[name] for name in params if TUNABLE[name] == "objective"}
-        if "planning_horizon" in updates:
-            updates["planning_horizon"] = int(updates["planning_horizon"])
-        return self.job.spec.with_updates(objective=updates)
+        return _with_params(self.job.spec, params)
 
     def hold_returns(self) -> pd.Series:
         if self._hold is None:
@@ -878,10 +875,16 @@ def tune(
         Backtest the winner on the test window beside Hold, equal weight and
         the untuned spec.
     """
-    if spec.kind not in ("spo", "mpo", "dmpo_mpo"):
+    if spec.kind not in ("spo", "mpo", "dmpo_mpo", "dmpo_qp"):
         raise TuningError(
-            f"policy {spec.name!r} is kind {spec.kind!r}: only spo, mpo and dmpo_mpo policies have "
-            "multipliers to tune."
+            f"policy {spec.name!r} is kind {spec.kind!r}: only spo, mpo, dmpo_mpo (multipliers) "
+            "and dmpo_qp (turnover limit) policies have parameters to tune."
+        )
+    if spec.kind == "dmpo_qp" and set(spec.tuning.params) != {"delta"}:
+        raise TuningError(
+            f"policy {spec.name!r} (dmpo_qp) executes the trained QP, which has no cvxportfolio "
+            "multipliers; tune its inference turnover limit: [tuning.params.delta] low/high, "
+            f"and no other parameter (got {sorted(spec.tuning.params)})."
         )
     if workers < 1:
         raise TuningError(f"workers must be >= 1, got {workers}.")
@@ -967,12 +970,17 @@ def tune(
     )
 
 
+def _with_params(spec: PolicySpec, params: dict, **top) -> PolicySpec:
+    """``spec`` with tuned ``params`` written into their sections (see ``TUNABLE``)."""
+    sections: dict[str, dict] = {}
+    for name, value in params.items():
+        value = int(value) if name == "planning_horizon" else value
+        sections.setdefault(TUNABLE[name], {})[name] = value
+    return spec.with_updates(**sections, **top)
+
+
 def _tuned_spec(spec: PolicySpec, params: dict) -> PolicySpec:
-    updates = {k: (int(v) if k == "planning_horizon" else v) for k, v in params.items()}
-    data = spec.model_dump()
-    data["name"] = f"{spec.name}-tuned"
-    data["objective"] = {**data["objective"], **updates}
-    return parse_spec(data, source=f"tuned {spec.name!r}")
+    return _with_params(spec, params, name=f"{spec.name}-tuned")
 
 
 def _evaluate(spec, tuned, market, windows: Windows, progress: bool, seed: int) -> BacktestRun:

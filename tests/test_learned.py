@@ -205,7 +205,7 @@ def test_dmpo_mpo_multipliers_are_tuned_like_mpo(market, checkpoint, tmp_path):
     )
     assert (res.trials["state"] == "COMPLETE").sum() == 2
     assert list(res.table().index) == ["hold", "equal_weight", "dmpo_mpo-untuned", "dmpo_mpo-tuned"]
-    with pytest.raises(TuningError, match="only spo, mpo and dmpo_mpo"):
+    with pytest.raises(TuningError, match="no cvxportfolio multipliers"):
         tune(_spec("dmpo_qp", checkpoint), market, storage=str(tmp_path / "s.journal"))
 
 
@@ -247,3 +247,30 @@ def test_the_encoder_runs_once_per_period_for_every_mpo_step(market, checkpoint,
     run = run_backtests([_spec("dmpo_mpo", checkpoint)], market, start="2018-03-01",
                         include_hold=False, progress=False)  # fmt: skip
     assert len(calls) == len(run.results["dmpo_mpo"].returns)
+
+
+def test_dmpo_qp_turnover_limit_is_tuned(market, checkpoint, tmp_path):
+    import optuna
+
+    from mpo.errors import TuningError
+    from mpo.tuning import tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    windows = {"train": ("2017-04-13", "2017-08-31"), "test": ("2017-12-14", "2018-06-21")}
+    with pytest.raises(TuningError, match=r"no cvxportfolio multipliers.*tuning.params.delta"):
+        tune(_spec("dmpo_qp", checkpoint), market, storage=str(tmp_path / "a.journal"), **windows)
+    spec = _spec(
+        "dmpo_qp",
+        checkpoint,
+        tuning={"trials": 2, "prune": False,
+                "params": {"delta": {"low": 0.05, "high": 1.0, "log": True}}},
+    )  # fmt: skip
+    res = tune(spec, market, storage=str(tmp_path / "b.journal"), progress=False, **windows)
+    assert res.tuned_spec.learned.delta == res.best_params["delta"]
+    # the tuned limit binds in the backtest: every decision's turnover is within it
+    r = res.test.results["dmpo_qp-tuned"]
+    w_prev = r.weights[market.tickers] - r.trades[market.tickers]
+    traded = (r.weights[market.tickers] - w_prev).abs().sum(axis=1)
+    assert (traded <= res.best_params["delta"] + 1e-8).all()
+    with pytest.raises(SpecError, match="needs kind='dmpo_qp'"):
+        _spec("dmpo_mpo", checkpoint, tuning={"params": {"delta": {"low": 0.1, "high": 1}}})

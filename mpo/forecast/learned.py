@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mpo.errors import CheckpointError, DataError, SpecError
+from mpo.errors import CheckpointError, ConvergenceError, DataError, SpecError
 from mpo.learn.encoders import Views
 
 __all__ = ["DMPOQPPolicy", "LearnedCovariance", "LearnedReturnsForecast", "LearnedViews"]
@@ -245,8 +245,10 @@ class DMPOQPPolicy(cvx.policies.Policy):
     (``t -> (w_prev, w_1, delta)``) for inspection and tests.
     """
 
-    def __init__(self, views: LearnedViews):
+    def __init__(self, views: LearnedViews, delta: float | None = None):
         self.views = views
+        #: inference turnover limit; None: the checkpoint's (hard, or learned, delta)
+        self.delta = delta
         self.decisions: dict = {}
 
     def values_in_time(
@@ -259,19 +261,26 @@ class DMPOQPPolicy(cvx.policies.Policy):
             None
         ]
         with torch.no_grad():
-            if self.views.kind == "dmpo":
+            from mpo.learn.qp import min_turnover, solve_qp
+
+            if self.views.kind == "dmpo" and self.delta is None:
                 delta = model.inference_delta(w_prev)
+            else:  # the same rule: the limit, raised only where drift left no feasible point
+                need = min_turnover(w_prev, model.qp_spec.w_max) + 1e-12
+                delta = torch.clamp(need, min=self.delta if self.delta is not None else model.delta)
+            if self.views.kind == "dmpo":
                 w, info = model.solve(out["views"], w_prev, delta)
             else:  # two-stage: the same QP and limits, as in training's decider
-                from mpo.learn.qp import min_turnover, solve_qp
-
-                need = min_turnover(w_prev, model.qp_spec.w_max) + 1e-12
-                delta = torch.clamp(need, min=model.delta)
                 v = out["views"]
-                w, info = solve_qp(model.qp_spec, v.mu, v.L, w_prev, delta, return_info=True)
-        if info is not None and not bool(info.converged.all()):
-            logger.warning("DMPO-QP at %s: the QP did not converge; holding", t)
+                try:
+                    w, info = solve_qp(model.qp_spec, v.mu, v.L, w_prev, delta, return_info=True)
+                except ConvergenceError:
+                    w, info = torch.full_like(w_prev, float("nan"))[:, None], None
         w1 = w[0, 0].numpy()
+        if (info is not None and not bool(info.converged.all())) or not np.isfinite(w1).all():
+            # as in training's evaluation: a sample the solver cannot certify holds w_prev
+            logger.warning("learned QP at %s did not converge; holding the portfolio", t)
+            w1 = w_prev[0].numpy().copy()
         self.decisions[t] = (w_prev[0].numpy(), w1, float(delta[0]))
         target = pd.Series(0.0, index=current_weights.index)
         target[tickers] = w1
