@@ -284,8 +284,9 @@ class PolicySpec(_Strict):
         return parse_spec(data, source=f"{self.name!r} with updates {sections}")
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid policy spec {source}:"]
+def format_validation_error(exc: ValidationError, source: str, what: str = "policy spec") -> str:
+    """A pydantic error as one line per bad field, naming ``source`` (file) and each field."""
+    lines = [f"invalid {what} {source}:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
@@ -296,21 +297,26 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def read_toml(path: str | Path, what: str, hint: str) -> dict:
+    """The TOML file at ``path`` as a dict; :class:`SpecError` if it is missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{what} {str(path)!r} does not exist; {hint}.")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{what} {str(path)!r} is not valid TOML: {exc}.") from None
+
+
 def parse_spec(data: dict, source: str = "<dict>") -> PolicySpec:
     """Validate a spec dictionary, raising :class:`SpecError` naming ``source`` and fields."""
     try:
         return PolicySpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format_validation_error(exc, source)) from None
+        raise SpecError(format_validation_error(exc, source)) from None
 
 
 def load_spec(path: str | Path) -> PolicySpec:
     """Load and validate a TOML policy spec."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"policy spec {str(path)!r} does not exist; see the files in policies/.")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"policy spec {str(path)!r} is not valid TOML: {exc}.") from None
+    data = read_toml(path, "policy spec", "see the files in policies/")
     return parse_spec(data, source=repr(str(path)))

@@ -6,12 +6,12 @@ file and the field, like :mod:`mpo.config`.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mpo.config import format_validation_error, read_toml
 from mpo.errors import SpecError
 from mpo.learn.dataset import FEATURES, FeatureSpec
 from mpo.learn.encoders import EncoderConfig
@@ -210,32 +210,15 @@ class TrainSpec(_Strict):
         return parse_train_spec(data, source=f"{self.name!r} with updates {sections}")
 
 
-def _format(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid train spec {source}:"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  - unknown field {loc!r}; remove it or check its spelling.")
-        else:
-            lines.append(f"  - {loc}: {err['msg']} (got {err.get('input')!r}).")
-    return "\n".join(lines)
-
-
 def parse_train_spec(data: dict, source: str = "<dict>") -> TrainSpec:
     """Validate a dict; :class:`SpecError` names ``source`` and each bad field."""
     try:
         return TrainSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format(exc, source)) from None
+        raise SpecError(format_validation_error(exc, source, "train spec")) from None
 
 
 def load_train_spec(path: str | Path) -> TrainSpec:
     """Load and validate a TOML training spec."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"train spec {str(path)!r} does not exist; see policies/dmpo.toml.")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"train spec {str(path)!r} is not valid TOML: {exc}.") from None
+    data = read_toml(path, "train spec", "see policies/dmpo.toml")
     return parse_train_spec(data, source=repr(str(path)))
