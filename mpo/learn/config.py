@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from mpo.config import format_validation_error, read_toml
+from mpo.config import DataSpec, NonNeg, PositiveInt, _Strict, format_validation_error, read_toml
 from mpo.errors import SpecError
 from mpo.learn.dataset import FEATURES, FeatureSpec
 from mpo.learn.encoders import EncoderConfig
@@ -30,27 +30,16 @@ __all__ = [
     "parse_train_spec",
 ]
 
-PositiveInt = Annotated[int, Field(ge=1)]
 Positive = Annotated[float, Field(gt=0)]
-NonNeg = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 Remedy = Literal["none", "l1_penalty", "larger_delta", "learned_delta", "curriculum"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class DataSection(DataSpec):
+    """Default data as in policy specs (the CLI's ``--data`` overrides ``source``), plus the
+    shape of the synthetic market."""
 
-
-class DataSection(_Strict):
-    """Default data (the CLI's ``--data`` overrides ``source``)."""
-
-    source: str = "sp20"
-    tickers: list[str] | None = None
-    start: str | None = None
-    end: str | None = None
-    adv: Positive | None = Field(default=None, description="Assumed $ volume (sp20).")
-    seed: int = Field(default=0, description="Seed of the synthetic market.")
     n_assets: PositiveInt = 20
     n_periods: Annotated[int, Field(ge=100)] = 1500
     predictability: Annotated[float, Field(ge=0, lt=1)] = 0.0

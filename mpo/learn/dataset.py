@@ -282,15 +282,8 @@ def window_at(
             raise DataError("the 'volume' feature needs volumes; drop it or give volumes.")
         v = past_dollar_volumes.to_numpy(dtype=float)
     out = _window_features(x, v, spec)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        k, i, f = (int(a[0]) for a in np.nonzero(bad))
-        raise DataError(
-            f"feature {spec.features[f]!r} is {out[k, i, f]} for ticker "
-            f"{past_returns.columns[i]!r} in the window of {pd.Timestamp(t).date()} "
-            f"(date {idx[len(idx) - spec.window + k].date()}); clean the data or drop the feature."
-        )
-    return out
+    # FeaturePanel checks finiteness and names the feature, ticker and date of a bad value
+    return FeaturePanel(out, idx[-spec.window :], list(past_returns.columns), spec.features).values
 
 
 def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
