@@ -83,7 +83,11 @@ class _DMPOFunction(torch.autograd.Function):
         Sig = covariance(spec, L, d)
         qlin = -spec.risk_aversion * mu
         need_kkt = spec.polish or any(ctx.needs_input_grad[2:])
-        res, kkt, polished = _solve(spec, Sig, qlin, w_prev, gamma, delta, need_kkt)
+        factor = None
+        if spec.woodbury:
+            dd = torch.full(L.shape[:-1], spec.eps, dtype=L.dtype, device=L.device)
+            factor = (L, dd if d is None else dd + d)
+        res, kkt, polished = _solve(spec, Sig, qlin, w_prev, gamma, delta, need_kkt, factor)
         B = mu.shape[0]
         false = torch.zeros(B, dtype=torch.bool, device=mu.device)
         w, starved, pinned = res.w, false, false
@@ -171,22 +175,41 @@ def _solve(
     gamma: torch.Tensor,
     delta: torch.Tensor,
     need_kkt: bool,
+    factor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[IPMResult, ReducedKKT | None, torch.Tensor]:
-    """Interior point to a loose tolerance, polish, and finish only where polish failed."""
+    """Interior point to a loose tolerance, polish, and finish only where polish failed.
+
+    With ``factor = (F, dd)`` the interior point keeps ``Sigma = F F' + diag(dd)``
+    factored (Woodbury); the polish and the backward use the dense ``Sig``.
+    """
     tol = spec.tol if spec.tol is not None else default_tol(qlin.dtype)
     B = qlin.shape[0]
+    ipm_sig = None if factor is not None else Sig
     if not need_kkt:
-        res = ipm_solve(Sig, qlin, w_prev, gamma, delta, spec.w_max, tol, spec.max_iter)
+        res = ipm_solve(
+            ipm_sig, qlin, w_prev, gamma, delta, spec.w_max, tol, spec.max_iter, factor=factor
+        )
         return res, None, torch.zeros(B, dtype=torch.bool, device=qlin.device)
     stages = [max(tol, _EARLY_TOL[qlin.dtype]), tol, tol * _LAST_STAGE]
-    res = ipm_solve(Sig, qlin, w_prev, gamma, delta, spec.w_max, stages[0], spec.max_iter)
+    res = ipm_solve(
+        ipm_sig, qlin, w_prev, gamma, delta, spec.w_max, stages[0], spec.max_iter, factor=factor
+    )
     kkt, ok = _polish(spec, Sig, qlin, w_prev, gamma, delta, res)
     for stage_tol in stages[1:]:
         if bool(ok.all()):
             break
         rows = ~ok
         sub = (Sig[rows], qlin[rows], w_prev[rows], gamma[rows], delta[rows])
-        more = ipm_solve(*sub, spec.w_max, stage_tol, spec.max_iter, start=res.select(rows))
+        sub_factor = None if factor is None else (factor[0][rows], factor[1][rows])
+        more = ipm_solve(
+            None if factor is not None else sub[0],
+            *sub[1:],
+            spec.w_max,
+            stage_tol,
+            spec.max_iter,
+            start=res.select(rows),
+            factor=sub_factor,
+        )
         res = res.merge(more, rows)
         kkt_rows, ok_rows = _polish(spec, *sub, more)
         kkt = kkt.merge(kkt_rows, rows)

@@ -132,14 +132,21 @@ def _tri_solve(U: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _Problem:
     """Scaled problem data of one batch plus the layout of the stacked inequalities."""
 
-    def __init__(self, Sig, q, w_prev, gamma, delta, w_max, scale) -> None:
+    def __init__(self, Sig, q, w_prev, gamma, delta, w_max, scale, factor=None) -> None:
         B, H, n = q.shape
         self.B, self.H, self.n = B, H, n
         self.hn = H * n
         self.has_u = w_max is not None
         self.G = 4 if self.has_u else 3
         self.m = self.G * self.hn + 1
-        self.Sig = Sig / scale[:, None, None, None]
+        if factor is None:
+            self.Sig, self.F, self.dd = Sig / scale[:, None, None, None], None, None
+        else:
+            # Sigma = F F' + diag(dd): kept factored (Woodbury Newton steps).
+            F, dd = factor
+            self.Sig = None
+            self.F = F / scale.sqrt()[:, None, None, None]
+            self.dd = dd / scale[:, None, None]
         self.q = q / scale[:, None, None]
         self.wp = w_prev
         self.gamma = (gamma / scale)[:, None, None]
@@ -175,6 +182,12 @@ class _Problem:
     def groups(self, x: torch.Tensor) -> torch.Tensor:
         """View ``(B, m)`` stacked values as ``(B, G, H, n)`` (turnover row excluded)."""
         return x[:, :-1].view(x.shape[0], self.G, self.H, self.n)
+
+    def sig_mul(self, w: torch.Tensor) -> torch.Tensor:
+        """``Sigma_tau w_tau`` for ``w`` of shape ``(B, H, n)``."""
+        if self.F is None:
+            return (self.Sig @ w.unsqueeze(-1)).squeeze(-1)
+        return (self.F @ (self.F.mT @ w.unsqueeze(-1))).squeeze(-1) + self.dd * w
 
     def prev(self, w: torch.Tensor) -> torch.Tensor:
         """``w_{tau-1}`` with ``w_{-1} = w_prev``."""
@@ -239,15 +252,24 @@ class _Newton:
         self.kappa = Wd / (1.0 + Wd * self.u0.sum(-1))
         self.kappa_col = self.kappa.unsqueeze(-1)
         V = (self.kappa.sqrt().unsqueeze(-1) * self.beta[:, 0]).mul_(self.u0)
+        C = pb.C.clone()
+        C[:, :n, H] = V
+        self.C = C
+        self.E = E
+        if pb.F is not None:
+            # Diagonal part without the couplings between periods (added exactly, no
+            # cancellation of large kink weights); E_0 couples to the constant w_prev.
+            base = Wg[:, 0] + pb.dd
+            if pb.has_u:
+                base = base + Wg[:, 3]
+            base[:, 0] += E[:, 0]
+            self._factor_woodbury(base)
+            return
         diag = Wg[:, 0] + E
         if pb.has_u:
             diag = diag + Wg[:, 3]
         if H > 1:
             diag[:, :-1] += E[:, 1:]
-        C = pb.C.clone()
-        C[:, :n, H] = V
-        self.C = C
-        self.E = E
         self._factor(diag)
 
     def set_border(self, X1: torch.Tensor) -> None:
@@ -290,9 +312,64 @@ class _Newton:
         self.chols = chols
         self.failed = failed
 
+    def _factor_woodbury(self, base: torch.Tensor) -> None:
+        """Factor ``K = T + G G'`` for a factored ``Sigma_tau = F_tau F_tau' + diag(dd)``.
+
+        ``T`` (the diagonals and the kink couplings ``-E`` between periods) is one
+        ``H x H`` tridiagonal matrix per coordinate; its pivots are formed as
+        ``p_tau = a_tau + E_{tau+1}``, ``a_tau = base_tau + E_tau a_{tau-1} / (a_{tau-1} +
+        E_tau)``, sums of positive terms, so huge kink weights never cancel. ``G`` is
+        ``blockdiag(F_tau)`` (rank ``H k``), and the Woodbury identity leaves one
+        ``H k x H k`` capacitance matrix ``I + G' T^{-1} G`` to factor per sample:
+        ``O(n (H k)^2)`` work instead of ``O(H n^3)``.
+        """
+        pb = self.pb
+        B, H, n = pb.B, pb.H, pb.n
+        E = self.E
+        a = [base[:, 0]]
+        for tau in range(1, H):
+            e = E[:, tau]
+            a.append(base[:, tau] + e * a[-1] / (a[-1] + e))
+        piv = torch.stack(a, 1)
+        if H > 1:
+            piv[:, :-1] += E[:, 1:]
+        self.piv = piv
+        k = pb.F.shape[-1]
+        Fs = pb.F.expand(B, H, n, k)
+        G = torch.zeros(B, H, n, H, k, dtype=base.dtype, device=base.device)
+        for tau in range(H):
+            G[:, tau, :, tau] = Fs[:, tau]
+        self.G = G.reshape(B, H * n, H * k)
+        self.TG = self._tsolve(self.G)
+        cap = self.G.mT @ self.TG
+        cap.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        self.cap_chol, info = torch.linalg.cholesky_ex(cap)
+        self.failed = (info != 0) | ~torch.isfinite(piv).all(-1).all(-1)
+
+    def _tsolve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """Solve with the per-coordinate tridiagonal ``T``; ``rhs`` is ``(B, H n, r)``."""
+        pb = self.pb
+        B, H, n = pb.B, pb.H, pb.n
+        piv = self.piv.unsqueeze(-1)
+        if H == 1:
+            return rhs / piv[:, 0]
+        r = rhs.reshape(B, H, n, -1)
+        E = self.E.unsqueeze(-1)
+        y = [r[:, 0]]
+        for tau in range(1, H):
+            y.append(r[:, tau] + E[:, tau] / piv[:, tau - 1] * y[-1])
+        x = [y[-1] / piv[:, -1]]
+        for tau in range(H - 2, -1, -1):
+            x.append((y[tau] + E[:, tau + 1] * x[-1]) / piv[:, tau])
+        return torch.stack(x[::-1], 1).reshape(B, H * n, -1)
+
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """Solve with the block-tridiagonal matrix; ``rhs`` is ``(B, H n, r)``."""
         pb = self.pb
+        if pb.F is not None:
+            u = self._tsolve(rhs)
+            v = torch.cholesky_solve(self.G.mT @ u, self.cap_chol)
+            return u - self.TG @ v
         if pb.H == 1:
             return _tri_solve(self.chols[0], rhs)
         B, H, n = pb.B, pb.H, pb.n
@@ -334,8 +411,7 @@ class _Residuals:
             rs = rs * pb.cmask
         zg = pb.groups(st.z)
         za, zb = zg[:, 1], zg[:, 2]
-        rw = (pb.Sig @ st.w.unsqueeze(-1)).squeeze(-1)
-        rw = rw + pb.q + st.y.unsqueeze(-1) - zg[:, 0] + pb.diff_t(za - zb)
+        rw = pb.sig_mul(st.w) + pb.q + st.y.unsqueeze(-1) - zg[:, 0] + pb.diff_t(za - zb)
         if pb.has_u:
             rw = rw + zg[:, 3]
         rt = pb.gamma - za - zb
@@ -434,6 +510,7 @@ def ipm_solve(
     tol: float,
     max_iter: int,
     start: IPMResult | None = None,
+    factor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> IPMResult:
     """Solve a batch of DMPO QPs with a Mehrotra predictor-corrector method.
 
@@ -455,6 +532,11 @@ def ipm_solve(
         Iteration limit.
     start : IPMResult or None
         Resume from this iterate (same samples) instead of the default start.
+    factor : (torch.Tensor, torch.Tensor) or None
+        ``(F, dd)`` with ``Sigma_tau = F_tau F_tau' + diag(dd_tau)``, ``F`` of shape
+        ``(B, H_S, n, k)`` and ``dd > 0`` of shape ``(B, H_S, n)``: the Newton systems
+        are then solved by Woodbury in ``O(n (H k)^2)`` and ``Sig`` is not used (pass
+        ``None``). Worth it when ``H k`` is well below ``n``.
 
     Returns
     -------
@@ -463,10 +545,13 @@ def ipm_solve(
     """
     B = q.shape[0]
     with torch.no_grad():
-        diag_max = Sig.diagonal(dim1=-2, dim2=-1).amax((1, 2))
+        if factor is None:
+            diag_max = Sig.diagonal(dim1=-2, dim2=-1).amax((1, 2))
+        else:
+            diag_max = (factor[0].square().sum(-1) + factor[1]).amax((1, 2))
         scale = torch.maximum(torch.maximum(diag_max, q.abs().amax((1, 2))), gamma)
         scale = scale.clamp(min=torch.finfo(q.dtype).tiny)
-        pb = _Problem(Sig, q, w_prev, gamma, delta, w_max, scale)
+        pb = _Problem(Sig, q, w_prev, gamma, delta, w_max, scale, factor)
         if start is None:
             st = _init_state(pb)
             iters = torch.zeros(B, dtype=torch.long, device=q.device)

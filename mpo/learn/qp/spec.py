@@ -74,6 +74,12 @@ class QPSpec:
         interior points lose the active set on ill-conditioned risk models; on CPU the
         float64 factorisations are not slower). ``False`` solves in float32 with looser
         tolerances.
+    newton : {"auto", "dense", "woodbury"}, default "auto"
+        How the interior point solves its Newton systems. ``"dense"``: one ``n x n``
+        Cholesky per period and iteration. ``"woodbury"``: keeps ``Sigma = L L' +
+        diag(d) + eps I`` factored and factors one ``H k x H k`` matrix per iteration
+        (needs ``factor != "full"``). ``"auto"`` picks Woodbury for low-rank factors
+        with ``H k <= n / 2``.
     """
 
     n: int
@@ -89,6 +95,7 @@ class QPSpec:
     on_failure: Literal["raise", "nan"] = "raise"
     polish: bool = True
     upcast: bool = True
+    newton: Literal["auto", "dense", "woodbury"] = "auto"
 
     def __post_init__(self) -> None:
         check_spec(self)
@@ -97,6 +104,13 @@ class QPSpec:
     def k(self) -> int:
         """Number of columns of the factor ``L``."""
         return self.n if self.rank is None else self.rank
+
+    @property
+    def woodbury(self) -> bool:
+        """Whether the interior point keeps ``Sigma`` factored (see ``newton``)."""
+        if self.newton == "auto":
+            return self.factor != "full" and 2 * self.horizon * self.k <= self.n
+        return self.newton == "woodbury"
 
 
 def check_spec(spec: QPSpec) -> None:
@@ -143,6 +157,13 @@ def check_spec(spec: QPSpec) -> None:
         raise SpecError(f"tol must be in (0, 1) or None, got {spec.tol=}.")
     if spec.max_iter < 1:
         raise SpecError(f"max_iter must be >= 1, got {spec.max_iter=}.")
+    if spec.newton not in ("auto", "dense", "woodbury"):
+        raise SpecError(f"newton must be 'auto', 'dense' or 'woodbury', got {spec.newton=}.")
+    if spec.newton == "woodbury" and spec.factor == "full":
+        raise SpecError(
+            "newton='woodbury' needs a low-rank factor (factor='lowrank' or 'lowrank_diag' "
+            "with rank k < n); use newton='dense' or 'auto' for factor='full'."
+        )
     if spec.on_failure not in ("raise", "nan"):
         raise SpecError(f"on_failure must be 'raise' or 'nan', got {spec.on_failure=}.")
 
