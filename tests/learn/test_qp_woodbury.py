@@ -103,3 +103,37 @@ def test_ill_conditioned_low_rank_is_polished(newton):
     assert float((w.sum(-1) - 1).abs().max()) <= 1e-12
     turnover = (w[:, 0] - w_prev).abs().sum(-1)
     assert bool((turnover <= delta + 1e-12).all())
+
+
+def test_near_degenerate_kink_is_corrected(monkeypatch):
+    """A weight almost exactly at its no-trade threshold (relative margin 2e-5).
+
+    The interior point's indicators put asset 89 on its kink at every stage, the KKT
+    check rejected each polish and the solve raised ``ConvergenceError``; the corrected
+    active set (that kink released upwards) passes. Without the correction round the
+    same instance still fails, so this test pins the mechanism, not luck.
+    """
+    rng = np.random.default_rng(0)
+    draws = None
+    for n, H, k, B in [(20, 1, 3, 64), (100, 1, 5, 64), (100, 3, 5, 64), (100, 1, 5, 256)]:
+        draws = (
+            0.01 * rng.standard_normal((B, H, n)),
+            0.1 * rng.standard_normal((B, H, n, k)) / np.sqrt(k),
+            0.01 * rng.random((B, H, n)),
+            rng.dirichlet(np.ones(n), size=B),
+        )
+    i = slice(179, 180)
+    mu, L, d, w_prev = (torch.tensor(x[i]) for x in draws)
+    delta = torch.tensor([0.3], dtype=torch.float64)
+    spec = QPSpec(n=100, rank=5, factor="lowrank_diag", gamma=0.002, eps=1e-6, on_failure="nan")
+    w, info = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)
+    assert bool(info.polished.all()) and bool(info.converged.all())
+    ref = reference_solve(spec, mu, L, w_prev, delta, d=d)
+    np.testing.assert_allclose(w.numpy(), ref, atol=2e-6, rtol=0)  # flat optimum
+    assert abs(float(w[0, 0, 89] - w_prev[0, 89])) > 1e-8  # released from the kink
+
+    from mpo.learn.qp import fast
+
+    monkeypatch.setattr(fast, "_CORRECT", 0)
+    _, info0 = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)
+    assert not bool(info0.converged.all())

@@ -34,6 +34,19 @@ class ActiveSet:
     sign: torch.Tensor
     turnover: torch.Tensor
 
+    def select(self, rows: torch.Tensor) -> ActiveSet:
+        """The samples ``rows`` (boolean mask) of this active set."""
+        return ActiveSet(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def merge(self, other: ActiveSet, rows: torch.Tensor) -> ActiveSet:
+        """Copy of this active set with the samples ``rows`` replaced by ``other``'s."""
+        return ActiveSet(
+            **{
+                f.name: _put_rows(getattr(self, f.name), rows, getattr(other, f.name))
+                for f in fields(self)
+            }
+        )
+
 
 def identify_active_set(
     slack: dict,
@@ -262,12 +275,7 @@ class ReducedKKT:
             elif isinstance(v, list):
                 out.__dict__[k] = [_put_rows(a, rows, b) for a, b in zip(v, o, strict=True)]
             elif isinstance(v, ActiveSet):
-                out.__dict__[k] = ActiveSet(
-                    **{
-                        f.name: _put_rows(getattr(v, f.name), rows, getattr(o, f.name))
-                        for f in fields(ActiveSet)
-                    }
-                )
+                out.__dict__[k] = v.merge(o, rows)
         return out
 
     # ----------------------------------------------------------------- helpers
@@ -290,7 +298,11 @@ class ReducedKKT:
         return sum(self.M[tau] * g[:, tau].unsqueeze(1) for tau in range(len(self.M)))
 
     # ------------------------------------------------------------------ checks
-    def kkt_ok(
+    def kkt_ok(self, *args, **kwargs) -> torch.Tensor:
+        """Whether the polished point satisfies the KKT conditions (see :meth:`kkt_check`)."""
+        return self.kkt_check(*args, **kwargs)[0]
+
+    def kkt_check(
         self,
         w_max: float | None,
         gamma: torch.Tensor,
@@ -300,51 +312,83 @@ class ReducedKKT:
         ftol: float,
         dtol: float,
         nu_fallback: torch.Tensor,
-    ) -> torch.Tensor:
-        """Whether the polished point satisfies the KKT conditions of the full QP.
+    ) -> tuple[torch.Tensor, ActiveSet]:
+        """Check the KKT conditions of the full QP at the polished point.
 
         Multipliers of budget/turnover rows that are empty or linearly dependent are not
         determined by the reduced system; their free component is taken from
         ``nu_fallback`` ``(B, H + 1)`` (the interior-point estimates).
+
+        Returns ``ok`` ``(B,)`` and a *corrected* active set: every violated condition
+        flipped (a weight below 0 or above ``w_max`` becomes bound, a weight that
+        crossed its kink becomes a kink, a bound or kink whose multiplier has the wrong
+        sign or size is released in the direction the gradient points, and the
+        turnover row is switched on or off). One more polish on it repairs the near-
+        degenerate misclassifications the interior point's indicators make when a
+        constraint is almost exactly at its threshold; the KKT check stays the judge.
         """
         B, H, n = self.shape
         w, act = self.w, self.act
         nu = self.nu + (self.null_proj @ (nu_fallback - self.nu).unsqueeze(-1)).squeeze(-1)
         ok = torch.isfinite(w).all(-1).all(-1) & ~self.failed
-        ok &= (w >= -ftol).all(-1).all(-1)
-        if w_max is not None:
-            ok &= (w <= w_max + ftol).all(-1).all(-1)
+        lower, upper, kink, sign = act.lower, act.upper, act.kink, act.sign
+        bound = lower | upper
+        neg = w < -ftol
+        over = w > w_max + ftol if w_max is not None else torch.zeros_like(neg)
+        ok &= ~(neg | over).any(-1).any(-1)
+        neg, over = neg & ~lower, over & ~upper
         ok &= ((w.sum(-1) - 1.0).abs() <= ftol).all(-1)
         d = w - torch.cat([w_prev.unsqueeze(1), w[:, :-1]], 1)
-        ok &= (act.sign * d >= -ftol).all(-1).all(-1)
+        wrong_sign = sign * d < -ftol
+        ok &= ~wrong_sign.any(-1).any(-1)
+        crossed = wrong_sign & ~kink & ~bound
         turnover = d[:, 0].abs().sum(-1)
-        ok &= ~torch.isfinite(delta) | (turnover <= delta + ftol)
+        too_much = torch.isfinite(delta) & (turnover > delta + ftol)
+        ok &= ~too_much
         resid = (self.A @ self.y.unsqueeze(-1)).squeeze(-1) - self.e
         ok &= (resid.abs() <= ftol).all(-1)
         nu_t = torch.where(self.turn, nu[:, H], torch.zeros_like(nu[:, H]))
         dt = dtol * scale
-        ok &= nu_t >= -dt
+        turn_off = self.turn & (nu_t < -dt)
+        ok &= ~turn_off
         g = self._sig_mul(w) + self.lin + nu[:, :H].unsqueeze(-1)
         g = torch.cat([(g[:, 0] + nu_t.unsqueeze(-1) * act.sign[:, 0]).unsqueeze(1), g[:, 1:]], 1)
         xi = torch.zeros_like(w_prev)
         dt_ = dt.unsqueeze(-1)
+        up_rel, down_rel = [], []  # released upwards / downwards, per period (reversed)
         for tau in range(H - 1, -1, -1):
             rem = xi - g[:, tau]
             cap = (gamma + (nu_t if tau == 0 else 0.0)).unsqueeze(-1)
-            kink, lo, up = act.kink[:, tau], act.lower[:, tau], act.upper[:, tau]
-            good = torch.where(
-                kink,
-                torch.where(
-                    lo, rem <= cap + dt_, torch.where(up, rem >= -cap - dt_, rem.abs() <= cap + dt_)
-                ),
-                torch.where(lo, rem <= dt_, torch.where(up, rem >= -dt_, rem.abs() <= dt_)),
-            )
-            ok &= good.all(-1)
+            k_, lo, up = kink[:, tau], lower[:, tau], upper[:, tau]
+            lim = torch.where(k_, cap, torch.zeros_like(rem)) + dt_
+            # rem is minus the gradient left for the constraints of this entry: a bound
+            # at 0 needs rem <= lim, a bound at w_max rem >= -lim, a free kink both.
+            wants_up = (rem > lim) & ~up & (lo | k_)
+            wants_down = (rem < -lim) & ~lo & (up | k_)
+            free_bad = (rem.abs() > dt_) & ~(k_ | lo | up)  # reduced solve inaccurate
+            ok &= ~(wants_up | wants_down | free_bad).any(-1)
+            up_rel.append(wants_up)
+            down_rel.append(wants_down)
             xi_k = torch.where(
                 lo, torch.maximum(rem, -cap), torch.where(up, torch.minimum(rem, cap), rem)
             )
-            xi = torch.where(kink, xi_k, torch.zeros_like(rem))
-        return ok
+            xi = torch.where(k_, xi_k, torch.zeros_like(rem))
+        rel_up = torch.stack(up_rel[::-1], 1)
+        rel_down = torch.stack(down_rel[::-1], 1)
+        released = rel_up | rel_down
+        one = torch.ones_like(sign)
+        # released kinks move in the gradient's direction; released bounds keep their sign
+        new_sign = torch.where(released & kink, torch.where(rel_up, one, -one), sign)
+        new_sign = torch.where(crossed, torch.zeros_like(sign), new_sign)
+        new_sign = torch.where(wrong_sign & bound, torch.sign(d), new_sign)
+        fix = ActiveSet(
+            lower=(lower & ~released) | neg,
+            upper=(upper & ~released) | over,
+            kink=(kink & ~released) | crossed,
+            sign=new_sign,
+            turnover=(act.turnover & ~turn_off) | too_much,
+        )
+        return ok, fix
 
     # ---------------------------------------------------------------- adjoint
     def adjoint(self, gw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
