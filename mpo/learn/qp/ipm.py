@@ -139,8 +139,12 @@ class _Problem:
         self.has_u = w_max is not None
         self.G = 4 if self.has_u else 3
         self.m = self.G * self.hn + 1
+        self._buffers: tuple[list, list, torch.Tensor] | None = None
         if factor is None:
-            self.Sig, self.F, self.dd = Sig / scale[:, None, None, None], None, None
+            # Sigma stays unscaled (no extra n x n pass); 1/scale is applied when the
+            # Newton matrix is built into a reused buffer and after products with Sigma.
+            self.Sig, self.F, self.dd = Sig, None, None
+            self.inv_scale = scale.reciprocal()
         else:
             # Sigma = F F' + diag(dd): kept factored (Woodbury Newton steps).
             F, dd = factor
@@ -177,7 +181,23 @@ class _Problem:
         for k, v in self.__dict__.items():
             out.__dict__[k] = v[keep] if isinstance(v, torch.Tensor) else v
         out.B = int(out.q.shape[0])
+        out._buffers = None
         return out
+
+    def buffers(self) -> tuple[list, list, torch.Tensor]:
+        """Reused ``n x n`` work buffers (``K_tau``, factors) and the LAPACK info vector.
+
+        Allocating fresh ``(B, n, n)`` tensors every iteration costs page faults that,
+        at ``n = 100``, took as long as the Cholesky factorisation itself.
+        """
+        if self._buffers is None:
+            B, H, n = self.B, self.H, self.n
+            like = self.q
+            K = [like.new_empty(B, n, n) for _ in range(H)]
+            U = [like.new_empty(B, n, n) for _ in range(H - 1)]
+            info = torch.empty(B, dtype=torch.int32, device=like.device)
+            self._buffers = (K, U, info)
+        return self._buffers
 
     def groups(self, x: torch.Tensor) -> torch.Tensor:
         """View ``(B, m)`` stacked values as ``(B, G, H, n)`` (turnover row excluded)."""
@@ -186,7 +206,7 @@ class _Problem:
     def sig_mul(self, w: torch.Tensor) -> torch.Tensor:
         """``Sigma_tau w_tau`` for ``w`` of shape ``(B, H, n)``."""
         if self.F is None:
-            return (self.Sig @ w.unsqueeze(-1)).squeeze(-1)
+            return (self.Sig @ w.unsqueeze(-1)).squeeze(-1) * self.inv_scale[:, None, None]
         return (self.F @ (self.F.mT @ w.unsqueeze(-1))).squeeze(-1) + self.dd * w
 
     def prev(self, w: torch.Tensor) -> torch.Tensor:
@@ -284,24 +304,32 @@ class _Newton:
     def _factor(self, diag: torch.Tensor) -> None:
         """Cholesky factors of the block-tridiagonal matrix (Schur complements)."""
         pb = self.pb
+        Ks, Us, info = pb.buffers()
         chols = []
         failed = None
         prev = None
+        inv_scale = pb.inv_scale[:, None, None]
         for tau in range(pb.H):
-            K = pb.Sig[:, min(tau, pb.Sig.shape[1] - 1)].clone()
+            K = torch.mul(pb.Sig[:, min(tau, pb.Sig.shape[1] - 1)], inv_scale, out=Ks[tau])
             K.diagonal(dim1=-2, dim2=-1).add_(diag[:, tau])
             if tau > 0:
                 # S = K - E S_prev^{-1} E written as K - E + E S_prev^{-1} (S_prev - E), which
                 # avoids cancelling two huge terms when a kink weight E explodes.
                 e = self.E[:, tau]
                 prev.diagonal(dim1=-2, dim2=-1).sub_(e)
-                T = _tri_solve(chols[-1], prev).mul_(e.unsqueeze(-1))
+                # in place: the previous K is not needed again (its factor is in Us)
+                U_prev = chols[-1]
+                torch.linalg.solve_triangular(U_prev.mT, prev, upper=False, out=prev)
+                torch.linalg.solve_triangular(U_prev, prev, upper=True, out=prev)
+                T = prev.mul_(e.unsqueeze(-1))
                 K.add_(T, alpha=0.5).add_(T.mT, alpha=0.5)
                 K.diagonal(dim1=-2, dim2=-1).sub_(e)
-            # K is symmetric: its transpose view is column-major, which LAPACK factors
-            # without a copy; U = L' is the upper factor.
-            Lo, info = torch.linalg.cholesky_ex(K.mT)
-            U = Lo.mT
+            # The last period's K is factored in place; earlier ones are still needed for
+            # the next Schur complement, so they are copied first.
+            U = K if tau == pb.H - 1 else Us[tau].copy_(K)
+            # K is symmetric: its transpose view is column-major, which LAPACK factors in
+            # place; the buffer then holds U = L', the upper factor.
+            torch.linalg.cholesky_ex(U.mT, out=(U.mT, info))
             bad = info != 0
             failed = bad if failed is None else failed | bad
             chols.append(U)
