@@ -1,9 +1,13 @@
 """Benchmark the DMPO QP layers: fast torch solver vs cvxpylayers vs a Cholesky floor.
 
 Measures forward and forward+backward wall time for n in {20, 100}, H in {1, 3},
-batch 64 and 256, float64 and float32, and writes a JSON file::
+batch 64 and 256, float64 and float32 (full ``n x n`` risk factors: the issue's grid),
+plus low-rank-plus-diagonal risk models (``k = 5``, n in {100, 250}, float64) where the
+fast solver takes Woodbury Newton steps (also timed with dense steps), and writes a
+JSON file::
 
     python benchmarks/qp_layer.py                 # full run
+    python benchmarks/qp_layer.py --grid full     # only the full-factor grid
     python benchmarks/qp_layer.py --quick         # smoke run (seconds)
 
 cvxpylayers is timed on a sub-batch first; when the full batch is predicted to take
@@ -21,6 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -34,17 +39,30 @@ from mpo.learn.qp import CvxpyLayerQP, QPSpec, solve_qp  # noqa: E402
 from mpo.learn.qp.reference import DIFFCP_CLARABEL  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "qp_layer.json"
+LOWRANK_K = 5
 
 
-def make_problem(n: int, horizon: int, batch: int, dtype: torch.dtype, seed: int = 0):
-    """Random full-factor instance with a binding-ish turnover limit."""
+def make_problem(
+    n: int, horizon: int, batch: int, dtype: torch.dtype, seed: int = 0, rank: int | None = None
+):
+    """Random instance with a binding-ish turnover limit.
+
+    ``rank=None``: full ``n x n`` factors. ``rank=k``: ``Sigma = L L' + diag(d) + eps I``
+    with ``L`` of shape ``n x k`` (same systematic scale) and ``d ~ U(0.002, 0.01)``.
+    Returns ``(spec, mu, L, w_prev, delta, d)``.
+    """
     rng = np.random.default_rng(seed)
-    spec = QPSpec(n=n, horizon=horizon, gamma=0.002, eps=1e-6)
+    k = n if rank is None else rank
+    factor = "full" if rank is None else "lowrank_diag"
+    spec = QPSpec(n=n, horizon=horizon, gamma=0.002, eps=1e-6, factor=factor, rank=rank)
     mu = torch.tensor(0.01 * rng.standard_normal((batch, horizon, n)), dtype=dtype)
-    L = torch.tensor(0.1 * rng.standard_normal((batch, horizon, n, n)) / np.sqrt(n), dtype=dtype)
+    L = torch.tensor(0.1 * rng.standard_normal((batch, horizon, n, k)) / np.sqrt(k), dtype=dtype)
     w_prev = torch.tensor(rng.dirichlet(np.ones(n), size=batch), dtype=dtype)
     delta = torch.full((batch,), 0.3, dtype=dtype)
-    return spec, mu, L, w_prev, delta
+    d = None
+    if rank is not None:
+        d = torch.tensor(rng.uniform(0.002, 0.01, (batch, horizon, n)), dtype=dtype)
+    return spec, mu, L, w_prev, delta, d
 
 
 def _time(fn, repeats: int) -> float:
@@ -56,50 +74,55 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _fwd_bwd(layer, mu, L, w_prev, delta) -> None:
+def _fwd_bwd(layer, mu, L, w_prev, delta, d=None) -> None:
     mu = mu.clone().requires_grad_()
     L = L.clone().requires_grad_()
-    w = layer(mu, L, w_prev, delta)
+    w = layer(mu, L, w_prev, delta, d=d)
     w[:, 0].sum().backward()
 
 
-def time_fast(problem, repeats: int) -> dict:
-    spec, mu, L, w_prev, delta = problem
+def time_fast(problem, repeats: int, newton: str = "auto") -> dict:
+    spec, mu, L, w_prev, delta, d = problem
+    spec = dataclasses.replace(spec, newton=newton)
 
     def fwd():
         with torch.no_grad():
-            solve_qp(spec, mu, L, w_prev, delta)
+            solve_qp(spec, mu, L, w_prev, delta, d=d)
 
     fwd()  # warm-up
-    layer = lambda *a: solve_qp(spec, *a)  # noqa: E731
+    layer = lambda *a, d=None: solve_qp(spec, *a, d=d)  # noqa: E731
     return {
         "fwd": _time(fwd, repeats),
-        "fwd_bwd": _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta), repeats),
+        "fwd_bwd": _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta, d), repeats),
+        "newton": "woodbury" if spec.woodbury else "dense",
     }
 
 
 def time_floor(problem, repeats: int) -> dict:
-    _, _, L, _, _ = problem
-    S = L[:, 0] @ L[:, 0].mT + torch.eye(L.shape[-1], dtype=L.dtype)
+    """One batched ``n x n`` Cholesky (of a well-conditioned matrix of the problem's size)."""
+    L = problem[2]
+    n = L.shape[-2]
+    S = L[:, 0] @ L[:, 0].mT + torch.eye(n, dtype=L.dtype)
     torch.linalg.cholesky(S)
     t = _time(lambda: torch.linalg.cholesky(S), max(repeats, 5))
     return {"fwd": t, "fwd_bwd": t}
 
 
 def time_cvxpylayers(problem, solver_args: dict, max_seconds: float, sub: int) -> dict:
-    spec, mu, L, w_prev, delta = (x.double() if torch.is_tensor(x) else x for x in problem)
+    spec, mu, L, w_prev, delta, d = (x.double() if torch.is_tensor(x) else x for x in problem)
     layer = CvxpyLayerQP(spec, shared_factor=False, turnover=True, solver_args=solver_args)
     B = mu.shape[0]
     part = slice(0, min(sub, B))
+    d_sub = None if d is None else d[part]
     args_sub = (mu[part], L[part], w_prev[part], delta[part])
     with torch.no_grad():
-        t_fwd_sub = _time(lambda: layer(*args_sub), 1)
-    t_bwd_sub = _time(lambda: _fwd_bwd(layer, *args_sub), 1)
+        t_fwd_sub = _time(lambda: layer(*args_sub, d=d_sub), 1)
+    t_bwd_sub = _time(lambda: _fwd_bwd(layer, *args_sub, d_sub), 1)
     scale = B / args_sub[0].shape[0]
     if t_bwd_sub * scale <= max_seconds:
         with torch.no_grad():
-            t_fwd = _time(lambda: layer(mu, L, w_prev, delta), 1)
-        t_bwd = _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta), 1)
+            t_fwd = _time(lambda: layer(mu, L, w_prev, delta, d=d), 1)
+        t_bwd = _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta, d), 1)
         return {"fwd": t_fwd, "fwd_bwd": t_bwd, "extrapolated": False}
     return {
         "fwd": t_fwd_sub * scale,
@@ -112,25 +135,44 @@ def time_cvxpylayers(problem, solver_args: dict, max_seconds: float, sub: int) -
 def run(args: argparse.Namespace) -> list[dict]:
     torch.set_num_threads(1)
     if args.quick:
-        grid = [(20, 1, 64, torch.float64), (20, 1, 64, torch.float32)]
+        grid = [(20, 1, 64, torch.float64, None), (20, 1, 64, torch.float32, None)]
+        grid += [(40, 1, 64, torch.float64, 3)]
         repeats = 2
     else:
-        grid = [
-            (n, H, B, dt)
-            for n in (20, 100)
-            for H in (1, 3)
-            for B in (64, 256)
-            for dt in (torch.float64, torch.float32)
-        ]
+        grid = []
+        if args.grid in ("full", "all"):
+            grid += [
+                (n, H, B, dt, None)
+                for n in (20, 100)
+                for H in (1, 3)
+                for B in (64, 256)
+                for dt in (torch.float64, torch.float32)
+            ]
+        if args.grid in ("lowrank", "all"):
+            grid += [
+                (n, H, B, torch.float64, LOWRANK_K)
+                for n in (100, 250)
+                for H in (1, 3)
+                for B in (64, 256)
+            ]
         repeats = args.repeats
     refs: dict[tuple, dict] = {}
     rows = []
-    for n, H, B, dt in grid:
-        problem = make_problem(n, H, B, dt)
-        row = {"n": n, "H": H, "batch": B, "dtype": str(dt).replace("torch.", "")}
+    for n, H, B, dt, rank in grid:
+        problem = make_problem(n, H, B, dt, rank=rank)
+        row = {
+            "n": n,
+            "H": H,
+            "batch": B,
+            "dtype": str(dt).replace("torch.", ""),
+            "factor": problem[0].factor,
+            "rank": problem[0].k,
+        }
         row["fast"] = time_fast(problem, repeats)
+        if rank is not None:
+            row["fast_dense_newton"] = time_fast(problem, repeats, newton="dense")
         row["cholesky_floor"] = time_floor(problem, repeats)
-        key = (n, H, B)
+        key = (n, H, B, rank)
         if key not in refs:
             refs[key] = {
                 "cvxpylayers_default": time_cvxpylayers(
@@ -159,6 +201,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         }
         if n == 100 and H == 1:
             row["targets_met"]["floor_20x"] = ratios["fast_fwd_bwd_over_floor"] <= 20.0
+        if rank is not None:
+            ratios["dense_newton_over_woodbury_fwd_bwd"] = row["fast_dense_newton"]["fwd_bwd"] / fb
         rows.append(row)
         print(_format_row(row), flush=True)
     return rows
@@ -170,7 +214,7 @@ def _fmt(entry: dict, key: str) -> str:
 
 
 HEADER = (
-    f"{'n':>4} {'H':>2} {'B':>4} {'dtype':>8} | {'fast fwd':>9} {'fast f+b':>9} | "
+    f"{'n':>4} {'k':>4} {'H':>2} {'B':>4} {'dtype':>8} | {'fast fwd':>9} {'fast f+b':>9} | "
     f"{'cvxl fwd':>9} {'cvxl f+b':>9} | {'clar fwd':>9} {'clar f+b':>9} | {'chol':>8} | "
     f"{'def/fast':>8} {'clar/fast':>9} {'fast/chol':>9}"
 )
@@ -179,7 +223,7 @@ HEADER = (
 def _format_row(row: dict) -> str:
     r = row["ratios"]
     return (
-        f"{row['n']:>4} {row['H']:>2} {row['batch']:>4} {row['dtype']:>8} | "
+        f"{row['n']:>4} {row['rank']:>4} {row['H']:>2} {row['batch']:>4} {row['dtype']:>8} | "
         f"{_fmt(row['fast'], 'fwd')} {_fmt(row['fast'], 'fwd_bwd')} | "
         f"{_fmt(row['cvxpylayers_default'], 'fwd')} {_fmt(row['cvxpylayers_default'], 'fwd_bwd')} | "
         f"{_fmt(row['cvxpylayers_clarabel'], 'fwd')} "
@@ -194,6 +238,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
     parser.add_argument("--repeats", type=int, default=5, help="repetitions of fast timings")
+    parser.add_argument(
+        "--grid",
+        choices=("all", "full", "lowrank"),
+        default="all",
+        help="full n x n factors (the issue's grid), low-rank-plus-diagonal, or both",
+    )
     parser.add_argument(
         "--max-ref-seconds",
         type=float,
@@ -214,7 +264,12 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "quick": args.quick,
         "max_ref_seconds": args.max_ref_seconds,
-        "problem": "full n x n factor, eps=1e-6, gamma=0.002, delta=0.3, no cap, seed 0",
+        "grid": args.grid,
+        "problem": (
+            "full n x n factor (factor='full') or n x 5 factor + diag d ~ U(0.002, 0.01) "
+            "(factor='lowrank_diag'), eps=1e-6, gamma=0.002, delta=0.3, no cap, seed 0"
+        ),
+        "cholesky_floor": "one batched n x n Cholesky, also for the low-rank rows",
     }
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.out}", flush=True)

@@ -137,3 +137,28 @@ def test_near_degenerate_kink_is_corrected(monkeypatch):
     monkeypatch.setattr(fast, "_CORRECT", 0)
     _, info0 = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)
     assert not bool(info0.converged.all())
+
+
+@pytest.mark.parametrize("newton", ["dense", "woodbury"])
+def test_hard_multi_period_low_rank_sample(newton):
+    """Sample 46 of the benchmark's n = 100, k = 5, H = 3, B = 256 low-rank batch.
+
+    It needs 17 interior-point iterations, its first polishes fail, and with plain
+    Woodbury solves the dual residual stalled at 1e-7 and the solve raised
+    ``ConvergenceError``; one refinement step per Woodbury solve fixes it.
+    """
+    rng = np.random.default_rng(0)
+    B, H, n, k = 256, 3, 100, 5
+    mu = 0.01 * rng.standard_normal((B, H, n))
+    L = 0.1 * rng.standard_normal((B, H, n, k)) / np.sqrt(k)
+    w_prev = rng.dirichlet(np.ones(n), size=B)
+    d = rng.uniform(0.002, 0.01, (B, H, n))
+    mu, L, w_prev, d = (torch.tensor(x[46:47]) for x in (mu, L, w_prev, d))
+    delta = torch.tensor([0.3], dtype=torch.float64)
+    spec = QPSpec(
+        n=n, horizon=H, rank=k, factor="lowrank_diag", gamma=0.002, eps=1e-6, newton=newton
+    )
+    w, info = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)
+    assert bool(info.polished.all()) and bool(info.converged.all())
+    ref = reference_solve(spec, mu, L, w_prev, delta, d=d)
+    np.testing.assert_allclose(w.numpy(), ref, atol=1e-6, rtol=0)

@@ -213,6 +213,7 @@ def _solve(
             spec.max_iter,
             start=res.select(rows),
             factor=sub_factor,
+            refine=qlin.dtype == torch.float64,  # float32 native: rounding-dominated
         )
         res = res.merge(more, rows)
         kkt_rows, ok_rows = _polish(spec, *sub, more)
