@@ -256,7 +256,9 @@ def _check_tensor(x: torch.Tensor, name: str, like: torch.Tensor) -> None:
 
 
 def _check_finite(x: torch.Tensor, name: str, allow_pos_inf: bool = False) -> None:
-    if bool(torch.isfinite(x).all()):
+    # A finite sum proves every entry finite (NaN and inf propagate) at ~1/10 the cost of
+    # isfinite on large factors; an overflowing sum falls through to the exact test.
+    if bool(torch.isfinite(x.detach().sum())) or bool(torch.isfinite(x).all()):
         return
     bad = torch.isnan(x) | (torch.isinf(x) & ~(allow_pos_inf & (x > 0)))
     if bool(bad.any()):
