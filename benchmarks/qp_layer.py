@@ -83,18 +83,22 @@ def _fwd_bwd(layer, mu, L, w_prev, delta, d=None) -> None:
 
 def time_fast(problem, repeats: int, newton: str = "auto") -> dict:
     spec, mu, L, w_prev, delta, d = problem
-    spec = dataclasses.replace(spec, newton=newton)
+    # on_failure="nan": a sample that does not converge is counted, not a crash
+    spec = dataclasses.replace(spec, newton=newton, on_failure="nan")
 
     def fwd():
         with torch.no_grad():
             solve_qp(spec, mu, L, w_prev, delta, d=d)
 
-    fwd()  # warm-up
+    _, info = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)  # warm-up
     layer = lambda *a, d=None: solve_qp(spec, *a, d=d)  # noqa: E731
     return {
         "fwd": _time(fwd, repeats),
         "fwd_bwd": _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta, d), repeats),
         "newton": "woodbury" if spec.woodbury else "dense",
+        "unconverged": int((~info.converged).sum()),
+        "unpolished": int((~info.polished).sum()),
+        "max_iterations": int(info.iterations.max()),
     }
 
 

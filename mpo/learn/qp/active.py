@@ -191,10 +191,12 @@ class ReducedKKT:
         r = r.reshape(B, H * n)
         y, nu = self._kkt_solve(self.Xr, e)
         ry, re, err = self._residual(r, e, y, nu)
-        dy, dnu = self._kkt_solve(self._solve(ry.unsqueeze(-1))[..., 0], re)
-        y2, nu2 = y + dy, nu + dnu
-        better = (self._residual(r, e, y2, nu2)[2] < err).unsqueeze(-1)
-        self.y, self.nu = torch.where(better, y2, y), torch.where(better, nu2, nu)
+        if bool((err > 1e3 * torch.finfo(r.dtype).eps).any()):
+            dy, dnu = self._kkt_solve(self._solve(ry.unsqueeze(-1))[..., 0], re)
+            y2, nu2 = y + dy, nu + dnu
+            better = (self._residual(r, e, y2, nu2)[2] < err).unsqueeze(-1)
+            y, nu = torch.where(better, y2, y), torch.where(better, nu2, nu)
+        self.y, self.nu = y, nu
         self.w = self.c + self.P(self.y.reshape(B, H, n))
 
     def _residual(self, r, e, y, nu):

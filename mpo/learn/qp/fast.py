@@ -215,6 +215,12 @@ def _solve(
             factor=sub_factor,
             refine=qlin.dtype == torch.float64,  # float32 native: rounding-dominated
         )
+        # A tighter stage whose residuals stall must not undo an iterate that had
+        # converged at the looser one (it is still returned, unpolished, as converged).
+        before = res.select(rows)
+        lost = before.converged & ~more.converged
+        if bool(lost.any()):
+            more = more.merge(before.select(lost), lost)
         res = res.merge(more, rows)
         kkt_rows, ok_rows = _polish(spec, *sub, more)
         kkt = kkt.merge(kkt_rows, rows)
