@@ -199,7 +199,7 @@ def _solve(
         ipm_sig, qlin, w_prev, gamma, delta, spec.w_max, stages[0], spec.max_iter, factor=factor
     )
     kkt, ok = _polish(spec, Sig, qlin, w_prev, gamma, delta, res)
-    for stage_tol in stages[1:]:
+    for stage, stage_tol in enumerate(stages[1:], start=1):
         if bool(ok.all()):
             break
         rows = ~ok
@@ -215,14 +215,16 @@ def _solve(
             factor=sub_factor,
             refine=qlin.dtype == torch.float64,  # float32 native: rounding-dominated
         )
-        # A tighter stage whose residuals stall must not undo an iterate that had
-        # converged at the looser one (it is still returned, unpolished, as converged).
-        before = res.select(rows)
-        lost = before.converged & ~more.converged
-        if bool(lost.any()):
-            more = more.merge(before.select(lost), lost)
-        res = res.merge(more, rows)
         kkt_rows, ok_rows = _polish(spec, *sub, more)
+        if stage == len(stages) - 1:
+            # The last-resort stage (tol * 1e-2) must not undo an iterate that converged
+            # at tol when its residuals stall and its polish fails too: that iterate is
+            # returned, unpolished, as converged.
+            before = res.select(rows)
+            lost = before.converged & ~more.converged & ~ok_rows
+            if bool(lost.any()):
+                more = more.merge(before.select(lost), lost)
+        res = res.merge(more, rows)
         kkt = kkt.merge(kkt_rows, rows)
         ok = ok.clone()
         ok[rows] = ok_rows
