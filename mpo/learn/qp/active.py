@@ -300,10 +300,6 @@ class ReducedKKT:
         return sum(self.M[tau] * g[:, tau].unsqueeze(1) for tau in range(len(self.M)))
 
     # ------------------------------------------------------------------ checks
-    def kkt_ok(self, *args, **kwargs) -> torch.Tensor:
-        """Whether the polished point satisfies the KKT conditions (see :meth:`kkt_check`)."""
-        return self.kkt_check(*args, **kwargs)[0]
-
     def kkt_check(
         self,
         w_max: float | None,

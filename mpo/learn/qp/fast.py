@@ -206,7 +206,7 @@ def _solve(
         sub = (Sig[rows], qlin[rows], w_prev[rows], gamma[rows], delta[rows])
         sub_factor = None if factor is None else (factor[0][rows], factor[1][rows])
         more = ipm_solve(
-            None if factor is not None else sub[0],
+            None if factor is not None else sub[0],  # as ipm_sig, for these rows
             *sub[1:],
             spec.w_max,
             stage_tol,
