@@ -112,27 +112,53 @@ def time_floor(problem, repeats: int) -> dict:
     return {"fwd": t, "fwd_bwd": t}
 
 
-def time_cvxpylayers(problem, solver_args: dict, max_seconds: float, sub: int) -> dict:
+def _time_within(fn, runs: int, budget: float) -> tuple[float, int]:
+    """Median of up to ``runs`` timings, stopping once another run would exceed ``budget``."""
+    times: list[float] = []
+    while len(times) < runs:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if sum(times) + times[-1] > budget:
+            break
+    return statistics.median(times), len(times)
+
+
+def time_cvxpylayers(
+    problem, solver_args: dict, max_seconds: float, sub: int, runs: int = 3
+) -> dict:
+    """cvxpylayers forward and forward+backward: median of up to ``runs`` timings.
+
+    Its times vary by up to 1.6x between single runs on this machine, so sizes whose
+    runs fit in ``max_seconds`` are timed ``runs`` times; larger batches are
+    extrapolated linearly from a sub-batch of ``sub`` samples (also ``runs`` times).
+    """
     spec, mu, L, w_prev, delta, d = (x.double() if torch.is_tensor(x) else x for x in problem)
     layer = CvxpyLayerQP(spec, shared_factor=False, turnover=True, solver_args=solver_args)
     B = mu.shape[0]
     part = slice(0, min(sub, B))
     d_sub = None if d is None else d[part]
     args_sub = (mu[part], L[part], w_prev[part], delta[part])
-    with torch.no_grad():
-        t_fwd_sub = _time(lambda: layer(*args_sub, d=d_sub), 1)
+
+    def fwd(*args, d=None):
+        with torch.no_grad():
+            layer(*args, d=d)
+
     t_bwd_sub = _time(lambda: _fwd_bwd(layer, *args_sub, d_sub), 1)
     scale = B / args_sub[0].shape[0]
     if t_bwd_sub * scale <= max_seconds:
-        with torch.no_grad():
-            t_fwd = _time(lambda: layer(mu, L, w_prev, delta, d=d), 1)
-        t_bwd = _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta, d), 1)
-        return {"fwd": t_fwd, "fwd_bwd": t_bwd, "extrapolated": False}
+        budget = max_seconds
+        t_fwd, n_fwd = _time_within(lambda: fwd(mu, L, w_prev, delta, d=d), runs, budget)
+        t_bwd, n_bwd = _time_within(lambda: _fwd_bwd(layer, mu, L, w_prev, delta, d), runs, budget)
+        return {"fwd": t_fwd, "fwd_bwd": t_bwd, "extrapolated": False, "runs": [n_fwd, n_bwd]}
+    t_fwd_sub, n_fwd = _time_within(lambda: fwd(*args_sub, d=d_sub), runs, max_seconds)
+    t_bwd_sub, n_bwd = _time_within(lambda: _fwd_bwd(layer, *args_sub, d_sub), runs, max_seconds)
     return {
         "fwd": t_fwd_sub * scale,
         "fwd_bwd": t_bwd_sub * scale,
         "extrapolated": True,
         "sub_batch": args_sub[0].shape[0],
+        "runs": [n_fwd, n_bwd],
     }
 
 
@@ -180,10 +206,14 @@ def run(args: argparse.Namespace) -> list[dict]:
         if key not in refs:
             refs[key] = {
                 "cvxpylayers_default": time_cvxpylayers(
-                    problem, {}, args.max_ref_seconds, args.sub_batch
+                    problem, {}, args.max_ref_seconds, args.sub_batch, args.ref_runs
                 ),
                 "cvxpylayers_clarabel": time_cvxpylayers(
-                    problem, dict(DIFFCP_CLARABEL), args.max_ref_seconds, args.sub_batch
+                    problem,
+                    dict(DIFFCP_CLARABEL),
+                    args.max_ref_seconds,
+                    args.sub_batch,
+                    args.ref_runs,
                 ),
             }
             row.update(refs[key])
@@ -255,6 +285,12 @@ def main() -> None:
         help="extrapolate cvxpylayers from a sub-batch beyond this time",
     )
     parser.add_argument(
+        "--ref-runs",
+        type=int,
+        default=3,
+        help="cvxpylayers timings are the median of up to this many runs (within the budget)",
+    )
+    parser.add_argument(
         "--sub-batch", type=int, default=16, help="sub-batch size for the cvxpylayers estimate"
     )
     args = parser.parse_args()
@@ -268,6 +304,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "quick": args.quick,
         "max_ref_seconds": args.max_ref_seconds,
+        "ref_runs": args.ref_runs,
         "grid": args.grid,
         "problem": (
             "full n x n factor (factor='full') or n x 5 factor + diag d ~ U(0.002, 0.01) "

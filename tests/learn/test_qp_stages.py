@@ -70,3 +70,35 @@ def test_no_l1_and_no_turnover_anywhere(qp_case):
     w, info = solve_qp(*case.args(), return_info=True)
     assert bool(info.polished.all())
     np.testing.assert_allclose(w.numpy(), reference_solve(*case.args()), atol=1e-6, rtol=0)
+
+
+def test_kkt_check_rejects_an_uncharged_trade(qp_case):
+    """An entry off its kink with L1 sign 0 must fail the KKT check.
+
+    Recorded: at a loose interior-point iterate (tol 1e-2) of sample 9 of this batch
+    the plain ``z > s`` classification leaves period index 1, asset 3 with neither epigraph
+    constraint active. The reduced solve then drops that entry's trading cost; its
+    point met every other KKT condition and was 0.05 away from the optimum.
+    """
+    from mpo.learn.qp.active import ReducedKKT, identify_active_set
+    from mpo.learn.qp.fast import covariance
+    from mpo.learn.qp.ipm import ipm_solve
+
+    case = qp_case(seed=63, batch=10, n=10, horizon=3, w_max=0.3, turnover="tight")
+    spec, i = case.spec, slice(9, 10)
+    Sig = covariance(spec, case.L[i], None)
+    q = -spec.risk_aversion * case.mu[i]
+    gamma = torch.full((1,), spec.gamma, dtype=torch.float64)
+    w_prev, delta = case.w_prev[i], case.delta[i]
+    res = ipm_solve(Sig, q, w_prev, gamma, delta, spec.w_max, 1e-2, spec.max_iter)
+    act = identify_active_set(res.slack, res.dual, res.l1mask)
+    kkt = ReducedKKT(Sig, q, w_prev, gamma, delta, spec.w_max, act)
+    d = kkt.w - torch.cat([w_prev.unsqueeze(1), kkt.w[:, :-1]], 1)
+    unsigned = (act.sign == 0) & ~act.kink & (d.abs() > 1e-9)
+    assert bool(unsigned[0, 1, 3])  # the recorded situation
+    ref = reference_solve(spec, case.mu[i], case.L[i], w_prev, delta)
+    assert float((kkt.w - torch.tensor(ref)).abs().max()) > 1e-2  # a wrong point
+    nu = torch.cat([res.y, res.dual["d"].unsqueeze(-1)], -1) * res.scale[:, None]
+    ok, fix = kkt.kkt_check(spec.w_max, gamma, delta, w_prev, res.scale, 1e-9, 1e-8, nu)
+    assert not bool(ok.any())
+    assert float(fix.sign[0, 1, 3]) == float(torch.sign(d[0, 1, 3]))  # slope restored

@@ -134,6 +134,9 @@ def test_near_degenerate_kink_is_corrected(monkeypatch):
 
     from mpo.learn.qp import fast
 
+    monkeypatch.setattr(fast, "_PLAIN", False)
+    _, info1 = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)
+    assert bool(info1.polished.all())  # the correction round alone suffices
     monkeypatch.setattr(fast, "_CORRECT", 0)
     _, info0 = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)
     assert not bool(info0.polished.all())  # only the interior point's own iterate

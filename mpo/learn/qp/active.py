@@ -338,7 +338,13 @@ class ReducedKKT:
         ok &= ((w.sum(-1) - 1.0).abs() <= ftol).all(-1)
         d = w - torch.cat([w_prev.unsqueeze(1), w[:, :-1]], 1)
         wrong_sign = sign * d < -ftol
-        ok &= ~wrong_sign.any(-1).any(-1)
+        # An entry off its kink needs the slope sign(d) of its L1 term (and of the
+        # turnover row): sign 0 there would certify the optimum of a problem without
+        # that trading cost. (Sign 0 with d = 0 is the valid subgradient 0.)
+        charged = (gamma > 0)[:, None].expand(B, H).clone()
+        charged[:, 0] |= self.turn
+        unsigned = (sign == 0) & ~kink & (d.abs() > ftol) & charged.unsqueeze(-1)
+        ok &= ~(wrong_sign | unsigned).any(-1).any(-1)
         crossed = wrong_sign & ~kink & ~bound
         turnover = d[:, 0].abs().sum(-1)
         too_much = torch.isfinite(delta) & (turnover > delta + ftol)
@@ -378,7 +384,7 @@ class ReducedKKT:
         # released kinks move in the gradient's direction; released bounds keep their sign
         new_sign = torch.where(released & kink, torch.where(rel_up, one, -one), sign)
         new_sign = torch.where(crossed, torch.zeros_like(sign), new_sign)
-        new_sign = torch.where(wrong_sign & bound, torch.sign(d), new_sign)
+        new_sign = torch.where((wrong_sign & bound) | unsigned, torch.sign(d), new_sign)
         fix = ActiveSet(
             lower=(lower & ~released) | neg,
             upper=(upper & ~released) | over,

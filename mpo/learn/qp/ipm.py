@@ -177,6 +177,10 @@ class _Problem:
         C = torch.zeros(B, H, n, H + 1, dtype=q.dtype, device=q.device)
         C[..., :H] = torch.eye(H, dtype=q.dtype, device=q.device).reshape(1, H, 1, H)
         self.C = C.reshape(B, self.hn, H + 1)
+        # ``e e'`` of the border Schur complement (the turnover row's own unit entry)
+        ee = torch.zeros(B, H + 1, H + 1, dtype=q.dtype, device=q.device)
+        ee[:, H, H] = 1.0
+        self.ee = ee
 
     def subset(self, keep: torch.Tensor) -> _Problem:
         """The samples ``keep`` (boolean mask) of this problem."""
@@ -209,7 +213,13 @@ class _Problem:
     def sig_mul(self, w: torch.Tensor) -> torch.Tensor:
         """``Sigma_tau w_tau`` for ``w`` of shape ``(B, H, n)``."""
         if self.F is None:
-            return (self.Sig @ w.unsqueeze(-1)).squeeze(-1) * self.inv_scale[:, None, None]
+            # bmm on 3-d views: matmul's broadcasting costs several extra calls per use
+            B, H, n = w.shape
+            if self.Sig.shape[1] == H:
+                y = torch.bmm(self.Sig.reshape(B * H, n, n), w.reshape(B * H, n, 1)).view(B, H, n)
+            else:
+                y = torch.bmm(self.Sig.reshape(B, n, n), w.mT).mT
+            return y * self.inv_scale[:, None, None]
         return (self.F @ (self.F.mT @ w.unsqueeze(-1))).squeeze(-1) + self.dd * w
 
     def prev(self, w: torch.Tensor) -> torch.Tensor:
@@ -298,9 +308,7 @@ class _Newton:
 
     def set_border(self, X1: torch.Tensor) -> None:
         """Store ``X1 = K^{-1} C`` and invert the border Schur complement ``C' X1 + e e'``."""
-        H = self.pb.H
-        sch = self.C.mT @ X1
-        sch[:, H, H] += 1.0
+        sch = torch.baddbmm(self.pb.ee, self.C.mT, X1)
         self.sch_chol, info = torch.linalg.cholesky_ex(sch)
         self.failed = self.failed | (info != 0)
         self.X1 = X1
@@ -487,11 +495,13 @@ class _Residuals:
         if pb.has_u:
             rw = rw + zg[:, 3]
         rt = pb.gamma - za - zb
-        rt[:, 0] += st.z[:, -1:]
+        rt.select(1, 0).add_(st.z[:, -1:])
         if pb.dummy:
             rt = rt * pb.l1m
         rp = st.w.sum(-1) - 1.0
         self.rs, self.rw, self.rt, self.rp = rs, rw, rt, rp
+        # budget residuals as the border right-hand side (0 in the turnover row)
+        self.rp_col = torch.cat([rp, torch.zeros_like(rp[:, :1])], 1).unsqueeze_(-1)
         absr = torch.cat([rs, rp, rw.reshape(B, -1), rt.reshape(B, -1)], 1).abs_()
         k = pb.m + H
         self.pres = absr[:, :k].amax(-1)
@@ -521,7 +531,7 @@ def _direction(
         gw = gw + rg[:, 3]
     fw = (res.rw + gw).neg_()
     ft = ra + rb - res.rt
-    ft[:, 0] -= rho[:, -1:]
+    ft.select(1, 0).sub_(rho[:, -1:])
     if pb.dummy:
         ft = ft * pb.l1m
     g = nt.beta * nt.minv(ft)
@@ -532,10 +542,9 @@ def _direction(
         nt.set_border(X[..., 1:])
     else:
         x0 = nt.solve(rhs.reshape(B, H * n, 1))
-    bb = nt.C.mT @ x0
-    bb[:, :H, 0] += res.rp
+    bb = torch.baddbmm(res.rp_col, nt.C.mT, x0)
     lam = torch.cholesky_solve(bb, nt.sch_chol)
-    dw = (x0 - nt.X1 @ lam).reshape(B, H, n)
+    dw = torch.baddbmm(x0, nt.X1, lam, alpha=-1.0).view(B, H, n)
     dd = pb.diff0(dw)
     dt = nt.minv(ft - nt.beta * dd)
     gdx = pb.stack(dw, dt - dd, dt + dd, dt[:, 0].sum(-1).neg_())
@@ -682,18 +691,17 @@ def _iterate(
     for it in range(budget + 1):
         res = _Residuals(pb, st)
         resid = torch.maximum(res.pres, res.dres)
-        merit = torch.maximum(resid, res.mu)
-        diverged = torch.zeros_like(done)
+        merit = torch.maximum(resid, res.mu)  # NaN and inf propagate
+        # (few, cheap calls: at n = 20 an iteration is bound by the number of torch calls)
+        conv = (merit <= tol) & (res.max_comp <= _MAX_COMP * tol)
+        stalled = res.mu <= _STALL * tol
         if prev_merit is not None:
             # Rounding errors of the Newton systems can blow the residuals up near the end
             # on ill-conditioned samples: stop those (their slacks and multipliers still
             # identify the active set; the polish decides).
-            diverged = merit > _DIVERGE * prev_merit
-        conv = (resid <= tol) & (res.mu <= tol) & (res.max_comp <= _MAX_COMP * tol)
-        stalled = (res.mu <= _STALL * tol) | diverged
-        conv = conv | (stalled & (resid <= _STALL_RESID * tol))
-        stop = conv | stalled | failed | ~torch.isfinite(resid + res.mu) | (iters >= max_iter)
-        done = stop
+            stalled |= merit > _DIVERGE * prev_merit
+        conv |= stalled & (resid <= _STALL_RESID * tol)
+        done = conv | stalled | failed | ~(merit < float("inf")) | (iters >= max_iter)
         last_conv = conv
         n_done = int(done.sum())
         if n_done == done.numel() or it == budget:
@@ -719,7 +727,7 @@ def _iterate(
         dw, dt, dy, ds, dz = _direction(pb, nt, st, res, rc)
         step = (_STEP_FRACTION * _max_step(pb, st, ds, dz)).clamp_(max=1.0)
         frozen = done | nt.failed
-        step = torch.where(frozen, torch.zeros_like(step), step)
+        step.masked_fill_(frozen, 0.0)
         s1 = step.unsqueeze(-1)
         s3 = s1.unsqueeze(-1)
         moved = (step > 0).unsqueeze(-1)
@@ -734,7 +742,7 @@ def _iterate(
             st.z.addcmul(s1, dz),
         )
         failed = nt.failed & ~done
-        iters = iters + (~frozen).long()
+        iters = iters + ~frozen
     out.write(idx, torch.ones_like(done), st, iters, res, last_conv, prev_s, prev_z)
     slack, dual = _split(pb, out.st["s"]), _split(pb, out.st["z"])
     return IPMResult(
