@@ -56,7 +56,13 @@ def test_woodbury_agrees_with_dense_and_reference(qp_case, horizon, factor, w_ma
 
 
 def test_woodbury_is_used_and_never_factors_n_by_n(qp_case, monkeypatch):
-    """``newton="auto"`` with a low-rank factor takes the Woodbury path (no n x n Cholesky)."""
+    """``newton="auto"`` with a low-rank factor takes the Woodbury path end to end.
+
+    No ``n x n`` Cholesky, and no dense ``Sigma`` at all: the polish and the backward
+    use the factors too (``(B, H, n, n)`` memory would dominate at large ``n``).
+    """
+    from mpo.learn.qp import fast
+
     case = qp_case(seed=3, batch=4, n=30, horizon=2, factor="lowrank_diag", rank=3)
     assert case.spec.woodbury  # auto: 2 * H * k = 12 <= n = 30
     sizes = []
@@ -66,9 +72,18 @@ def test_woodbury_is_used_and_never_factors_n_by_n(qp_case, monkeypatch):
         sizes.append(A.shape[-1])
         return real(A, *args, **kwargs)
 
+    def no_dense(*args, **kwargs):
+        raise AssertionError("dense Sigma formed on the Woodbury path")
+
     monkeypatch.setattr(ipm_module.torch.linalg, "cholesky_ex", spy)
-    with torch.no_grad():
-        solve_qp(*case.args(), d=case.d)
+    monkeypatch.setattr(fast, "covariance", no_dense)
+    mu = case.mu.clone().requires_grad_()
+    L = case.L.clone().requires_grad_()
+    w_prev = case.w_prev.clone().requires_grad_()
+    d = case.d.clone().requires_grad_()
+    w = solve_qp(case.spec, mu, L, w_prev, case.delta, d=d)
+    w[:, 0].sum().backward()
+    assert all(bool(torch.isfinite(x.grad).all()) for x in (mu, L, w_prev, d))
     # capacitance (H k = 6), border (H + 1) and the polish's free-slot block; never n x n
     assert 6 in sizes and max(sizes) < 30
 

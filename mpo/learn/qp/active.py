@@ -21,7 +21,58 @@ from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["ActiveSet", "ReducedKKT", "identify_active_set"]
+__all__ = ["ActiveSet", "ReducedKKT", "RiskOperator", "identify_active_set"]
+
+
+@dataclass
+class RiskOperator:
+    """``Sigma_tau`` of a batch: dense ``(B, H_S, n, n)`` or factored ``F F' + diag(dd)``.
+
+    The factored form (``F`` of shape ``(B, H_S, n, k)``, ``dd > 0`` of shape
+    ``(B, H_S, n)``) never builds an ``n x n`` matrix: products cost ``O(n k)`` and the
+    polish gathers only the ``r x r`` block of its free slots. ``H_S`` is 1 (shared by
+    every period) or ``H``.
+    """
+
+    dense: torch.Tensor | None = None
+    F: torch.Tensor | None = None
+    dd: torch.Tensor | None = None
+
+    @property
+    def periods(self) -> int:
+        return (self.dense if self.dense is not None else self.F).shape[1]
+
+    def mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``Sigma_tau x_tau`` for ``x`` of shape ``(B, H, n)``."""
+        if self.dense is not None:
+            return (self.dense @ x.unsqueeze(-1)).squeeze(-1)
+        return (self.F @ (self.F.mT @ x.unsqueeze(-1))).squeeze(-1) + self.dd * x
+
+    def diagonal(self) -> torch.Tensor:
+        """Diagonals ``(B, H_S, n)``."""
+        if self.dense is not None:
+            return self.dense.diagonal(dim1=-2, dim2=-1)
+        return self.F.square().sum(-1) + self.dd
+
+    def block(self, tau: int, coord: torch.Tensor) -> torch.Tensor:
+        """``Sigma_tau[coord][:, coord]`` for indices ``coord`` ``(B, r)``: ``(B, r, r)``."""
+        t = min(tau, self.periods - 1)
+        B, r = coord.shape
+        if self.dense is not None:
+            S = self.dense[:, t]
+            rows = coord.unsqueeze(-1).expand(B, r, S.shape[-1])
+            return S.gather(1, rows).gather(2, coord.unsqueeze(1).expand(B, r, r))
+        F = self.F[:, t]
+        Fr = F.gather(1, coord.unsqueeze(-1).expand(B, r, F.shape[-1]))
+        blk = Fr @ Fr.mT
+        blk.diagonal(dim1=-2, dim2=-1).add_(self.dd[:, t].gather(1, coord))
+        return blk
+
+    def select(self, rows: torch.Tensor) -> RiskOperator:
+        """The samples ``rows`` (boolean mask) of this operator."""
+        return RiskOperator(
+            *(None if x is None else x[rows] for x in (self.dense, self.F, self.dd))
+        )
 
 
 @dataclass
@@ -123,8 +174,8 @@ class ReducedKKT:
 
     Parameters
     ----------
-    Sig : torch.Tensor
-        ``(B, H_S, n, n)`` covariances (unscaled).
+    Sig : torch.Tensor or RiskOperator
+        ``(B, H_S, n, n)`` covariances (unscaled), or the operator (dense or factored).
     qlin : torch.Tensor
         ``(B, H, n)`` linear term ``-lambda mu``.
     w_prev, gamma, delta : torch.Tensor
@@ -137,7 +188,7 @@ class ReducedKKT:
 
     def __init__(
         self,
-        Sig: torch.Tensor,
+        Sig: torch.Tensor | RiskOperator,
         qlin: torch.Tensor,
         w_prev: torch.Tensor,
         gamma: torch.Tensor,
@@ -147,7 +198,8 @@ class ReducedKKT:
     ) -> None:
         B, H, n = qlin.shape
         self.shape = (B, H, n)
-        self.Sig, self.act = Sig, act
+        self.risk = Sig if isinstance(Sig, RiskOperator) else RiskOperator(dense=Sig)
+        self.act = act
         self.rid, self.fixed, self.linked, self.c = _runs(act, w_prev, w_max)
         free = ~self.fixed
         # M[tau][:, a] : entries of period tau that belong to the free run starting at a
@@ -162,7 +214,7 @@ class ReducedKKT:
         Sc = self._sig_mul(self.c)
         r = -self.Pt(self.lin + Sc)
         var = torch.stack([self.M[a][:, a] for a in range(H)], 1).reshape(B, H * n)
-        ref = Sig.diagonal(dim1=-2, dim2=-1).mean((1, 2))
+        ref = self.risk.diagonal().mean((1, 2))
         self._compact(var, ref)
         A = torch.zeros(B, H + 1, H, n, dtype=qlin.dtype, device=qlin.device)
         for tau in range(H):
@@ -234,11 +286,8 @@ class ReducedKKT:
         idx = self.order[:, :r]
         coord = idx % n
         Rc = torch.zeros(B, r, r, dtype=var.dtype, device=var.device)
-        rows_i = coord.unsqueeze(-1).expand(B, r, n)
-        cols_i = coord.unsqueeze(1).expand(B, r, r)
         for tau in range(H):
-            S = self.Sig[:, min(tau, self.Sig.shape[1] - 1)]
-            S = S.gather(1, rows_i).gather(2, cols_i)
+            S = self.risk.block(tau, coord)
             m = self.M[tau].reshape(B, H * n).gather(1, idx)
             Rc.addcmul_(S, m.unsqueeze(-1) * m.unsqueeze(-2))
         Rc.diagonal(dim1=-2, dim2=-1).add_((1.0 - var.gather(1, idx)) * ref[:, None])
@@ -269,7 +318,7 @@ class ReducedKKT:
         out.idx = _put_rows(mine[0], rows, theirs[0])
         out.chol = _put_rows(mine[1], rows, theirs[1])
         for k, v in self.__dict__.items():
-            if k in ("Sig", "shape", "idx", "chol"):
+            if k in ("risk", "shape", "idx", "chol"):
                 continue
             o = other.__dict__[k]
             if isinstance(v, torch.Tensor):
@@ -289,7 +338,7 @@ class ReducedKKT:
         return (b / self.ref[:, None, None]).scatter_(1, idx, xc)
 
     def _sig_mul(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.Sig @ x.unsqueeze(-1)).squeeze(-1)
+        return self.risk.mul(x)
 
     def P(self, y: torch.Tensor) -> torch.Tensor:
         """Map run variables ``(B, H, n)`` to weights ``(B, H, n)`` (without ``c``)."""

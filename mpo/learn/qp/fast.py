@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mpo.errors import ConvergenceError
-from mpo.learn.qp.active import ReducedKKT, identify_active_set
+from mpo.learn.qp.active import ReducedKKT, RiskOperator, identify_active_set
 from mpo.learn.qp.ipm import IPMResult, default_tol, ipm_solve
 from mpo.learn.qp.spec import QPInputs, QPSpec, validate_inputs
 
@@ -86,14 +86,15 @@ class _DMPOFunction(torch.autograd.Function):
         if spec.upcast and mu.dtype != torch.float64:
             mu, L, w_prev, delta, gamma = (x.double() for x in (mu, L, w_prev, delta, gamma))
             d = None if d is None else d.double()
-        Sig = covariance(spec, L, d)
         qlin = -spec.risk_aversion * mu
         need_kkt = spec.polish or any(ctx.needs_input_grad[2:])
-        factor = None
         if spec.woodbury:
+            # Sigma stays factored end to end: no (B, H, n, n) tensor is ever formed
             dd = torch.full(L.shape[:-1], spec.eps, dtype=L.dtype, device=L.device)
-            factor = (L, dd if d is None else dd + d)
-        res, kkt, polished = _solve(spec, Sig, qlin, w_prev, gamma, delta, need_kkt, factor)
+            risk = RiskOperator(F=L, dd=dd if d is None else dd + d)
+        else:
+            risk = RiskOperator(dense=covariance(spec, L, d))
+        res, kkt, polished = _solve(spec, risk, qlin, w_prev, gamma, delta, need_kkt)
         B = mu.shape[0]
         false = torch.zeros(B, dtype=torch.bool, device=mu.device)
         w, starved, pinned = res.w, false, false
@@ -159,7 +160,7 @@ class _DMPOFunction(torch.autograd.Function):
                     g_d = g_d.sum(1, keepdim=True)
         g_wp = None
         if ctx.needs_input_grad[4]:
-            Sw = (kkt.Sig @ wbar.unsqueeze(-1)).squeeze(-1)
+            Sw = kkt.risk.mul(wbar)
             link = kkt.linked.to(w.dtype)
             g_wp = (link * (gw - Sw - v[:, :H].unsqueeze(-1))).sum(1)
             g_wp = g_wp + v[:, H].unsqueeze(-1) * kkt.act.sign[:, 0] * kkt.turn[:, None]
@@ -175,22 +176,22 @@ class _DMPOFunction(torch.autograd.Function):
 
 def _solve(
     spec: QPSpec,
-    Sig: torch.Tensor,
+    risk: RiskOperator,
     qlin: torch.Tensor,
     w_prev: torch.Tensor,
     gamma: torch.Tensor,
     delta: torch.Tensor,
     need_kkt: bool,
-    factor: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[IPMResult, ReducedKKT | None, torch.Tensor]:
     """Interior point to a loose tolerance, polish, and finish only where polish failed.
 
-    With ``factor = (F, dd)`` the interior point keeps ``Sigma = F F' + diag(dd)``
-    factored (Woodbury); the polish and the backward use the dense ``Sig``.
+    With a factored ``risk`` (``Sigma = F F' + diag(dd)``) the interior point takes
+    Woodbury steps and the polish and backward use the factors too.
     """
     tol = spec.tol if spec.tol is not None else default_tol(qlin.dtype)
     B = qlin.shape[0]
-    ipm_sig = None if factor is not None else Sig
+    ipm_sig = risk.dense
+    factor = None if ipm_sig is not None else (risk.F, risk.dd)
     if not need_kkt:
         res = ipm_solve(
             ipm_sig, qlin, w_prev, gamma, delta, spec.w_max, tol, spec.max_iter, factor=factor
@@ -200,15 +201,16 @@ def _solve(
     res = ipm_solve(
         ipm_sig, qlin, w_prev, gamma, delta, spec.w_max, stages[0], spec.max_iter, factor=factor
     )
-    kkt, ok = _polish(spec, Sig, qlin, w_prev, gamma, delta, res)
+    kkt, ok = _polish(spec, risk, qlin, w_prev, gamma, delta, res)
     for stage, stage_tol in enumerate(stages[1:], start=1):
         if bool(ok.all()):
             break
         rows = ~ok
-        sub = (Sig[rows], qlin[rows], w_prev[rows], gamma[rows], delta[rows])
-        sub_factor = None if factor is None else (factor[0][rows], factor[1][rows])
+        sub_risk = risk.select(rows)
+        sub = (sub_risk, qlin[rows], w_prev[rows], gamma[rows], delta[rows])
+        sub_factor = None if factor is None else (sub_risk.F, sub_risk.dd)
         more = ipm_solve(
-            None if factor is not None else sub[0],  # as ipm_sig, for these rows
+            sub_risk.dense,
             *sub[1:],
             spec.w_max,
             stage_tol,
@@ -233,7 +235,7 @@ def _solve(
     return res, kkt, ok
 
 
-def _polish(spec, Sig, qlin, w_prev, gamma, delta, res: IPMResult):
+def _polish(spec, risk: RiskOperator, qlin, w_prev, gamma, delta, res: IPMResult):
     """Active-set solves at the interior-point iterate until the KKT check passes.
 
     The first active set comes from Tapia's indicators. Samples whose KKT check fails
@@ -248,7 +250,7 @@ def _polish(spec, Sig, qlin, w_prev, gamma, delta, res: IPMResult):
     ftol, dtol = _POLISH_TOL[qlin.dtype]
     nu_ipm = torch.cat([res.y, res.dual["d"].unsqueeze(-1)], -1) * res.scale[:, None]
     act = identify_active_set(res.slack, res.dual, res.l1mask, res.prev_slack, res.prev_dual)
-    kkt = ReducedKKT(Sig, qlin, w_prev, gamma, delta, spec.w_max, act)
+    kkt = ReducedKKT(risk, qlin, w_prev, gamma, delta, spec.w_max, act)
     ok, fix = kkt.kkt_check(spec.w_max, gamma, delta, w_prev, res.scale, ftol, dtol, nu_ipm)
     rounds = ["corrected"] * _CORRECT + (["plain"] if _PLAIN else [])
     for kind in rounds:
@@ -260,7 +262,7 @@ def _polish(spec, Sig, qlin, w_prev, gamma, delta, res: IPMResult):
             cand = identify_active_set(sub_res.slack, sub_res.dual, sub_res.l1mask)
         else:
             cand = fix.select(rows)
-        sub = (Sig[rows], qlin[rows], w_prev[rows], gamma[rows], delta[rows])
+        sub = (risk.select(rows), qlin[rows], w_prev[rows], gamma[rows], delta[rows])
         kkt2 = ReducedKKT(*sub, spec.w_max, cand)
         ok2, fix2 = kkt2.kkt_check(
             spec.w_max, sub[3], sub[4], sub[2], res.scale[rows], ftol, dtol, nu_ipm[rows]
