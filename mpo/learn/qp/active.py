@@ -45,7 +45,13 @@ class RiskOperator:
     def mul(self, x: torch.Tensor) -> torch.Tensor:
         """``Sigma_tau x_tau`` for ``x`` of shape ``(B, H, n)``."""
         if self.dense is not None:
-            return (self.dense @ x.unsqueeze(-1)).squeeze(-1)
+            # bmm on 3-d views: matmul's broadcasting costs several extra calls per use
+            # (this sits in every interior-point iteration)
+            B, H, n = x.shape
+            if self.dense.shape[1] == H:
+                S = self.dense.reshape(B * H, n, n)
+                return torch.bmm(S, x.reshape(B * H, n, 1)).view(B, H, n)
+            return torch.bmm(self.dense.reshape(B, n, n), x.mT).mT
         return (self.F @ (self.F.mT @ x.unsqueeze(-1))).squeeze(-1) + self.dd * x
 
     def diagonal(self) -> torch.Tensor:

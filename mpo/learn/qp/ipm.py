@@ -27,6 +27,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from mpo.learn.qp.active import RiskOperator
+
 __all__ = ["IPMResult", "ipm_solve", "default_tol"]
 
 logger = logging.getLogger(__name__)
@@ -213,14 +215,8 @@ class _Problem:
     def sig_mul(self, w: torch.Tensor) -> torch.Tensor:
         """``Sigma_tau w_tau`` for ``w`` of shape ``(B, H, n)``."""
         if self.F is None:
-            # bmm on 3-d views: matmul's broadcasting costs several extra calls per use
-            B, H, n = w.shape
-            if self.Sig.shape[1] == H:
-                y = torch.bmm(self.Sig.reshape(B * H, n, n), w.reshape(B * H, n, 1)).view(B, H, n)
-            else:
-                y = torch.bmm(self.Sig.reshape(B, n, n), w.mT).mT
-            return y * self.inv_scale[:, None, None]
-        return (self.F @ (self.F.mT @ w.unsqueeze(-1))).squeeze(-1) + self.dd * w
+            return RiskOperator(dense=self.Sig).mul(w) * self.inv_scale[:, None, None]
+        return RiskOperator(F=self.F, dd=self.dd).mul(w)
 
     def prev(self, w: torch.Tensor) -> torch.Tensor:
         """``w_{tau-1}`` with ``w_{-1} = w_prev``."""
