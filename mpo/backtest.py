@@ -23,18 +23,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cvxportfolio as cvx
+import cvxpy as cp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from mpo.config import PolicySpec, parse_spec
 from mpo.data.market import MarketData
-from mpo.errors import DataError, InfeasibleError, SpecError
+from mpo.errors import DataError, InfeasibleError, SolverError, SpecError
 from mpo.io import package_versions, write_json, write_parquet
 from mpo.metrics import bootstrap_sharpe_ci, periods_per_year, summary
 from mpo.policies import build_policy, cost_model, required_history
 
-__all__ = ["BacktestRun", "PolicyResult", "hold_spec", "reconcile_costs", "run_backtests"]
+__all__ = [
+    "BacktestRun",
+    "PolicyResult",
+    "hold_spec",
+    "initial_holdings",
+    "make_simulator",
+    "reconcile_costs",
+    "run_backtests",
+    "simulate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,14 +129,20 @@ class BacktestRun:
 
 
 class _Progress(cvx.policies.Policy):
-    """Transparent wrapper that advances a progress bar once per period."""
+    """Transparent wrapper: advances a progress bar, remembers the date, calls ``on_period``."""
 
-    def __init__(self, policy, bar: tqdm):
+    def __init__(self, policy, bar: tqdm | None = None, on_period=None):
         self.policy = policy
         self._bar = bar
+        self._on_period = on_period
+        self.last_t: pd.Timestamp | None = None
 
-    def values_in_time(self, **kwargs):
-        self._bar.update(1)
+    def values_in_time(self, t, current_portfolio_value, past_returns, **kwargs):
+        self.last_t = t
+        if self._bar is not None:
+            self._bar.update(1)
+        if self._on_period is not None:
+            self._on_period(t, current_portfolio_value, past_returns)
         return self.policy.current_value
 
 
@@ -193,7 +209,8 @@ def _check_shared(specs: list[PolicySpec]) -> None:
         raise SpecError(f"policy names must be unique in a run, got duplicates {dup}.")
 
 
-def _initial_holdings(spec: PolicySpec, tickers: list[str], cash_key: str) -> pd.Series:
+def initial_holdings(spec: PolicySpec, tickers: list[str], cash_key: str) -> pd.Series:
+    """Dollar holdings at the start of a backtest (``[backtest] initial``: equal or cash)."""
     v0 = spec.backtest.initial_value
     h = pd.Series(0.0, index=[*tickers, cash_key])
     if spec.backtest.initial == "equal":
@@ -228,6 +245,73 @@ def _extract(name, spec, res, market: MarketData, seconds: float) -> PolicyResul
         turnover=res.turnover.loc[idx],
         seconds_per_period=seconds,
     )
+
+
+def make_simulator(spec: PolicySpec, market: MarketData) -> cvx.MarketSimulator:
+    """cvxportfolio's simulator on ``market`` charging ``spec``'s cost model."""
+    return cvx.MarketSimulator(
+        market_data=market.to_cvxportfolio(), costs=cost_model(spec).simulator_costs()
+    )
+
+
+def _failing_date(calendar: pd.DatetimeIndex, last_t) -> pd.Timestamp:
+    """The date whose decision failed: the one after the last completed decision."""
+    if last_t is None:
+        return calendar[0]
+    pos = int(calendar.searchsorted(last_t, side="right"))
+    return calendar[min(pos, len(calendar) - 1)]
+
+
+def simulate(
+    policy,
+    *,
+    spec: PolicySpec,
+    market: MarketData,
+    simulator: cvx.MarketSimulator,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    h0: pd.Series | None = None,
+    name: str | None = None,
+    progress: bool = False,
+    on_period=None,
+) -> PolicyResult:
+    """One policy's backtest from ``start`` to ``end`` (the single loop every caller shares).
+
+    ``run_backtests``, tuning trials and walk-forward folds all call this: the
+    same initial portfolio rule, the same simulator, the same extraction of
+    returns, weights, trades and dollar costs per cost term, and the same
+    errors. ``on_period(t, value, past_returns)`` is called before every
+    decision (tuning prunes through it). Infeasible programs raise
+    :class:`InfeasibleError`, solver failures :class:`mpo.errors.SolverError`;
+    both name the policy and the date.
+    """
+    name = name or spec.name
+    h0 = initial_holdings(spec, market.tickers, market.cash_key) if h0 is None else h0
+    cal = market.calendar
+    n_periods = int(((cal >= start) & (cal < end)).sum())
+    bar = tqdm(
+        total=n_periods, desc=f"{name:>14}", disable=not progress, leave=False, unit="period"
+    )
+    wrapper = _Progress(policy, bar, on_period)
+    tic = time.perf_counter()
+    try:
+        res = simulator.backtest(wrapper, start_time=start, end_time=end, h=h0)
+    except (cvx.errors.ProgramInfeasible, cvx.errors.ProgramUnbounded) as exc:
+        when = _failing_date(cal[cal >= start], wrapper.last_t)
+        raise InfeasibleError(
+            f"policy {name!r} at {when.date()}: {exc} Check [constraints] (e.g. min_weight * n "
+            "<= leverage, max_weight * n >= 1 when fully invested)."
+        ) from None
+    except (cvx.errors.PortfolioOptimizationError, cp.error.SolverError) as exc:
+        when = _failing_date(cal[cal >= start], wrapper.last_t)
+        raise SolverError(
+            f"policy {name!r} at {when.date()}: the solver failed ({type(exc).__name__}: "
+            f"{exc}). Try another [backtest] solver, or loosen solver_options tolerances."
+        ) from None
+    finally:
+        bar.close()
+    seconds = (time.perf_counter() - tic) / max(n_periods, 1)
+    return _extract(name, spec, res, market, seconds)
 
 
 def run_backtests(
@@ -268,34 +352,25 @@ def run_backtests(
     cal = market.calendar
     t0, t1 = cal[first], cal[last]
     _warn_in_sample(specs, t0)
-    simulator = cvx.MarketSimulator(
-        market_data=market.to_cvxportfolio(), costs=cost_model(specs[0]).simulator_costs()
-    )
-    h0 = _initial_holdings(specs[0], market.tickers, market.cash_key)
+    simulator = make_simulator(specs[0], market)
+    h0 = initial_holdings(specs[0], market.tickers, market.cash_key)
     backtest_calendar = cal[first:last]
     results: dict[str, PolicyResult] = {}
     for spec in specs:
         policy = build_policy(spec, market.tickers, backtest_calendar)
-        bar = tqdm(
-            total=len(backtest_calendar),
-            desc=f"{spec.name:>14}",
-            disable=not progress,
-            leave=False,
-            unit="period",
+        results[spec.name] = simulate(
+            policy,
+            spec=spec,
+            market=market,
+            simulator=simulator,
+            start=t0,
+            end=t1,
+            h0=h0,
+            progress=progress,
         )
-        tic = time.perf_counter()
-        try:
-            res = simulator.backtest(_Progress(policy, bar), start_time=t0, end_time=t1, h=h0)
-        except (cvx.errors.ProgramInfeasible, cvx.errors.ProgramUnbounded) as exc:
-            raise InfeasibleError(
-                f"policy {spec.name!r}: {exc} Check [constraints] (e.g. min_weight * n <= "
-                "leverage, max_weight * n >= 1 when fully invested)."
-            ) from None
-        finally:
-            bar.close()
-        seconds = (time.perf_counter() - tic) / max(len(backtest_calendar), 1)
-        results[spec.name] = _extract(spec.name, spec, res, market, seconds)
-        logger.info("%s: %.1f ms per period", spec.name, 1e3 * seconds)
+        logger.info(
+            "%s: %.1f ms per period", spec.name, 1e3 * results[spec.name].seconds_per_period
+        )
     run = BacktestRun(results=results, market=market, start=t0, end=t1, seed=seed)
     _add_metrics(run)
     return run
@@ -333,3 +408,7 @@ def reconcile_costs(result: PolicyResult) -> pd.Series:
     v = result.value.reindex(result.returns.index)
     charged = result.costs.sum(axis=1) * (1.0 + result.cash_returns) / v
     return (result.gross_returns - result.returns) - charged
+
+
+#: Backwards-compatible alias (benchmarks and tuning used the private name).
+_initial_holdings = initial_holdings

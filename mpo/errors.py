@@ -15,6 +15,7 @@ __all__ = [
     "ConvergenceError",
     "CheckpointError",
     "TuningError",
+    "SolverError",
 ]
 
 
@@ -52,3 +53,11 @@ class CheckpointError(MpoError):
 
 class TuningError(MpoError, ValueError):
     """A tuning study is misconfigured."""
+
+
+class SolverError(MpoError, RuntimeError):
+    """A policy's optimisation failed at some date (solver failure, not infeasibility).
+
+    The message names the policy, the date and the solver's status; see the
+    spec's ``[backtest] solver`` and ``solver_options``.
+    """
