@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from mpo.config import DataSpec, NonNeg, PositiveInt, _Strict, format_validation_error, read_toml
 from mpo.errors import SpecError
 from mpo.learn.dataset import FEATURES, FeatureSpec
-from mpo.learn.encoders import EncoderConfig
+from mpo.learn.encoders import ENCODERS, EncoderConfig
+from mpo.registry import one_of
 
 __all__ = [
     "BaselinesSection",
@@ -70,10 +71,14 @@ class SplitSection(_Strict):
         return self
 
 
-class EncoderSection(_Strict):
-    """See :class:`mpo.learn.encoders.EncoderConfig`."""
+EncoderKind = Annotated[str, AfterValidator(one_of(ENCODERS, "encoder"))]
 
-    kind: Literal["lstm", "transformer"] = "lstm"
+
+class EncoderSection(_Strict):
+    """See :class:`mpo.learn.encoders.EncoderConfig`; ``kind`` names an encoder registered
+    in :data:`mpo.learn.encoders.ENCODERS`."""
+
+    kind: EncoderKind = "lstm"
     hidden: PositiveInt = 32
     layers: PositiveInt = 1
     heads: PositiveInt = 2

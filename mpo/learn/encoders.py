@@ -29,6 +29,13 @@ cross-asset attention; per-asset heads ``Linear(e, H)``, ``Linear(e, k)`` and
     + (e + 1) H + (e + 1) k [+ (e + 1)]
 
 :func:`expected_param_count` evaluates these formulas (tested against ``numel``).
+
+Encoders are registered by name in :data:`ENCODERS` (``EncoderConfig.kind`` and a
+training spec's ``[encoder] kind`` are looked up there). A third-party encoder is a
+class ``cls(cfg: EncoderConfig)`` whose ``forward(X)`` returns :class:`Views`
+(subclassing :class:`Encoder` gives the optional hooks ``check_config`` and
+``param_count``; :class:`ViewHeads` maps a representation to views), registered with
+``@ENCODERS.register("name")`` or through the entry-point group ``mpo.encoders``.
 Outputs are scaled by ``mu_scale`` and ``l_scale`` (daily returns are ``~1e-3``
 and daily volatilities ``~1e-2``) so that a freshly initialised encoder produces
 views of the right order of magnitude.
@@ -38,22 +45,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mpo.errors import SpecError
+from mpo.registry import Registry, RegistryError
 
 __all__ = [
+    "ENCODERS",
+    "Encoder",
     "EncoderConfig",
     "LSTMEncoder",
     "TransformerEncoder",
+    "ViewHeads",
     "Views",
     "build_encoder",
+    "encoder_class",
     "expected_param_count",
 ]
+
+#: Encoder classes by ``EncoderConfig.kind`` (entry-point group ``mpo.encoders``).
+ENCODERS: Registry[type[nn.Module]] = Registry("encoder", "mpo.encoders")
 
 
 @dataclass(frozen=True)
@@ -99,7 +114,8 @@ class EncoderConfig:
 
     Parameters
     ----------
-    kind : {"lstm", "transformer"}
+    kind : str
+        A name registered in :data:`ENCODERS` (built in: ``"lstm"``, ``"transformer"``).
     n_assets, n_features, window, horizon : int
         ``n``, ``F``, ``T``, ``H``.
     hidden : int
@@ -117,7 +133,7 @@ class EncoderConfig:
         Output scales of ``mu``, ``L`` (divided by ``sqrt(k)``) and ``d``.
     """
 
-    kind: Literal["lstm", "transformer"] = "lstm"
+    kind: str = "lstm"
     n_assets: int = 20
     n_features: int = 1
     window: int = 20
@@ -133,17 +149,17 @@ class EncoderConfig:
     diag_scale: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.kind not in ("lstm", "transformer"):
-            raise SpecError(f"encoder kind must be 'lstm' or 'transformer', got {self.kind=}.")
+        encoder = encoder_class(self.kind)
         if self.factor not in ("full", "lowrank", "lowrank_diag"):
             raise SpecError(f"factor must be full, lowrank or lowrank_diag, got {self.factor=}.")
         for name in ("n_assets", "n_features", "window", "horizon", "hidden", "layers", "rank"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.kind == "transformer" and self.hidden % self.heads:
-            raise SpecError(f"heads must divide hidden, got {self.hidden=}, {self.heads=}.")
         if not 0 <= self.dropout < 1:
             raise SpecError(f"dropout must be in [0, 1), got {self.dropout=}.")
+        check = getattr(encoder, "check_config", None)
+        if check is not None:
+            check(self)
 
     @property
     def k(self) -> int:
@@ -158,8 +174,55 @@ class EncoderConfig:
         return cls(**data)
 
 
-class _Heads(nn.Module):
-    """Linear heads from a representation to ``mu``, ``L`` (and ``d``)."""
+def encoder_class(kind: str) -> type[nn.Module]:
+    """The class registered as ``kind``; :class:`RegistryError` listing the names if none."""
+    try:
+        return ENCODERS.get(kind)
+    except RegistryError as exc:
+        raise RegistryError(f"encoder kind: {exc}") from None
+
+
+class Encoder(nn.Module):
+    """Base of the built-in encoders: ``Encoder(cfg)``, ``forward(X) -> Views``.
+
+    Subclasses register themselves with ``@ENCODERS.register("name")``; the hooks
+    below are optional for third-party encoders (any ``nn.Module`` class taking an
+    :class:`EncoderConfig` will do).
+
+    Parameters
+    ----------
+    cfg : EncoderConfig
+    """
+
+    #: Registered name (set by :meth:`Registry.register`).
+    name: ClassVar[str]
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    @classmethod
+    def check_config(cls, cfg: EncoderConfig) -> None:
+        """Raise :class:`~mpo.errors.SpecError` if ``cfg`` does not suit this encoder."""
+
+    @classmethod
+    def param_count(cls, cfg: EncoderConfig) -> int:
+        """Number of parameters, from a closed formula (see the module docstring)."""
+        raise NotImplementedError(f"encoder {cls.__name__} documents no parameter count.")
+
+
+class ViewHeads(nn.Module):
+    """Linear heads from a representation to ``mu``, ``L`` (and ``d``), scaled per ``cfg``.
+
+    Parameters
+    ----------
+    cfg : EncoderConfig
+    width : int
+        Width of the representation.
+    per_asset : bool
+        ``True``: the input is ``(B, n, width)`` and the heads are shared by the assets;
+        ``False``: the input is a pooled ``(B, width)``.
+    """
 
     def __init__(self, cfg: EncoderConfig, width: int, per_asset: bool) -> None:
         super().__init__()
@@ -191,12 +254,12 @@ class _Heads(nn.Module):
         return Views(mu, L, d)
 
 
-class LSTMEncoder(nn.Module):
+@ENCODERS.register("lstm")
+class LSTMEncoder(Encoder):
     """LSTM over time on the flattened cross-section; see the module docstring."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.lstm = nn.LSTM(
             cfg.n_assets * cfg.n_features,
             cfg.hidden,
@@ -204,7 +267,7 @@ class LSTMEncoder(nn.Module):
             batch_first=True,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
         )
-        self.heads = _Heads(cfg, cfg.hidden, per_asset=False)
+        self.heads = ViewHeads(cfg, cfg.hidden, per_asset=False)
 
     def forward(self, X: torch.Tensor) -> Views:
         """``X``: ``(B, T, n, F)`` -> :class:`Views`."""
@@ -212,13 +275,20 @@ class LSTMEncoder(nn.Module):
         out, _ = self.lstm(X.reshape(B, T, -1))
         return self.heads(out[:, -1])
 
+    @classmethod
+    def param_count(cls, cfg: EncoderConfig) -> int:
+        n, Fe, H, k, h = cfg.n_assets, cfg.n_features, cfg.horizon, cfg.k, cfg.hidden
+        diag = (h + 1) * n if cfg.factor == "lowrank_diag" else 0
+        lstm = 4 * h * (n * Fe + h + 2) + (cfg.layers - 1) * 4 * h * (2 * h + 2)
+        return lstm + (h + 1) * (H * n) + (h + 1) * (n * k) + diag
 
-class TransformerEncoder(nn.Module):
+
+@ENCODERS.register("transformer")
+class TransformerEncoder(Encoder):
     """Temporal self-attention per asset, then cross-asset attention; see the module docstring."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         e = cfg.hidden
         self.embed = nn.Linear(cfg.n_features, e)
         self.time_pos = nn.Parameter(0.02 * torch.randn(cfg.window, e))
@@ -231,7 +301,7 @@ class TransformerEncoder(nn.Module):
 
         self.temporal = nn.TransformerEncoder(block(), cfg.layers, enable_nested_tensor=False)
         self.cross = nn.TransformerEncoder(block(), 1, enable_nested_tensor=False)
-        self.heads = _Heads(cfg, e, per_asset=True)
+        self.heads = ViewHeads(cfg, e, per_asset=True)
 
     def forward(self, X: torch.Tensor) -> Views:
         """``X``: ``(B, T, n, F)`` -> :class:`Views`."""
@@ -241,20 +311,24 @@ class TransformerEncoder(nn.Module):
         last = self.temporal(tok)[:, -1].reshape(B, n, -1)
         return self.heads(self.cross(last))
 
+    @classmethod
+    def check_config(cls, cfg: EncoderConfig) -> None:
+        if cfg.hidden % cfg.heads:
+            raise SpecError(f"heads must divide hidden, got {cfg.hidden=}, {cfg.heads=}.")
 
-def build_encoder(cfg: EncoderConfig) -> LSTMEncoder | TransformerEncoder:
-    """The encoder ``cfg.kind`` names (parameters initialised from torch's global RNG)."""
-    return LSTMEncoder(cfg) if cfg.kind == "lstm" else TransformerEncoder(cfg)
+    @classmethod
+    def param_count(cls, cfg: EncoderConfig) -> int:
+        e, Fe, T, n, H, k = cfg.hidden, cfg.n_features, cfg.window, cfg.n_assets, cfg.horizon, cfg.k
+        blocks = (cfg.layers + 1) * (8 * e * e + 11 * e)
+        heads = (e + 1) * H + (e + 1) * k + ((e + 1) if cfg.factor == "lowrank_diag" else 0)
+        return (Fe + 1) * e + T * e + n * e + blocks + heads
+
+
+def build_encoder(cfg: EncoderConfig) -> nn.Module:
+    """The encoder registered as ``cfg.kind`` (parameters initialised from torch's global RNG)."""
+    return encoder_class(cfg.kind)(cfg)
 
 
 def expected_param_count(cfg: EncoderConfig) -> int:
-    """Parameter count from the formulas of the module docstring."""
-    n, Fe, T, H, k, h = cfg.n_assets, cfg.n_features, cfg.window, cfg.horizon, cfg.k, cfg.hidden
-    diag = cfg.factor == "lowrank_diag"
-    if cfg.kind == "lstm":
-        lstm = 4 * h * (n * Fe + h + 2) + (cfg.layers - 1) * 4 * h * (2 * h + 2)
-        return lstm + (h + 1) * (H * n) + (h + 1) * (n * k) + ((h + 1) * n if diag else 0)
-    e = h
-    blocks = (cfg.layers + 1) * (8 * e * e + 11 * e)
-    heads = (e + 1) * H + (e + 1) * k + ((e + 1) if diag else 0)
-    return (Fe + 1) * e + T * e + n * e + blocks + heads
+    """Parameter count from the encoder's closed formula (its ``param_count``)."""
+    return encoder_class(cfg.kind).param_count(cfg)

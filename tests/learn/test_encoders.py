@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-import _helpers  # noqa: F401  (one torch thread)
+import math
+
 import pytest
 import torch
+from _helpers import tiny_data, tiny_spec  # (one torch thread)
 
 from mpo.errors import SpecError
-from mpo.learn.encoders import EncoderConfig, Views, build_encoder, expected_param_count
+from mpo.learn.encoders import (
+    ENCODERS,
+    Encoder,
+    EncoderConfig,
+    ViewHeads,
+    Views,
+    build_encoder,
+    expected_param_count,
+)
+from mpo.learn.train import train_dmpo
 
 
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
@@ -64,3 +75,53 @@ def test_bad_config_is_a_spec_error():
         EncoderConfig(kind="gru")
     cfg = EncoderConfig(n_assets=3)
     assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_unknown_kind_lists_the_registered_encoders():
+    with pytest.raises(SpecError, match=r"registered: lstm, transformer"):
+        EncoderConfig(kind="gru")
+    with pytest.raises(SpecError, match=r"encoder\.kind.*registered: lstm, transformer"):
+        tiny_spec(encoder={"kind": "gru"})
+
+
+class _MeanEncoder(Encoder):
+    """A third-party style encoder: the window's mean features through the view heads."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(cfg)
+        self.proj = torch.nn.Linear(cfg.n_assets * cfg.n_features, 4)
+        self.heads = ViewHeads(cfg, 4, per_asset=False)
+
+    def forward(self, X: torch.Tensor) -> Views:
+        return self.heads(torch.tanh(self.proj(X.mean(1).flatten(1))))
+
+    @classmethod
+    def check_config(cls, cfg: EncoderConfig) -> None:
+        if cfg.layers != 1:
+            raise SpecError(f"the mean encoder has one layer, got {cfg.layers=}.")
+
+
+@pytest.fixture
+def mean_encoder():
+    ENCODERS.register("mean_test", _MeanEncoder)
+    yield "mean_test"
+    ENCODERS.unregister("mean_test")
+
+
+def test_a_registered_encoder_trains_from_a_spec(mean_encoder):
+    spec = tiny_spec(encoder={"kind": mean_encoder}, train={"epochs": 1, "max_batches": 2})
+    ds, (train, val, _) = tiny_data(spec)
+    res = train_dmpo(spec, ds, train, val, progress=False)
+    assert isinstance(res.model.encoder, _MeanEncoder)
+    assert len(res.fit.history) == 1 and math.isfinite(res.fit.history[0]["loss"])
+    assert res.model.encoder.proj.weight.grad is not None  # trained through the QP layer
+    with pytest.raises(SpecError, match="one layer"):
+        EncoderConfig(**{**spec.encoder_config(5).to_dict(), "layers": 2})
+
+
+def test_an_unregistered_encoder_is_unknown_again():
+    ENCODERS.register("gone_test", _MeanEncoder)
+    ENCODERS.unregister("gone_test")
+    assert "gone_test" not in ENCODERS
+    with pytest.raises(SpecError, match="unknown encoder 'gone_test'"):
+        EncoderConfig(kind="gone_test")
