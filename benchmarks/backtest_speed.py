@@ -61,7 +61,7 @@ def _native_policy(spec, market):
         - spec.objective.gamma_trade
         * cvx.TransactionCost(
             a=costs.half_spread,
-            b=costs.impact,
+            b=costs.impact.b,
             sigma=cvx.forecast.HistoricalStandardDeviation(rolling=pd.Timedelta(days=14)),
             volume_hat=cvx.forecast.HistoricalMeanVolume(rolling=pd.Timedelta(days=14)),
         )

@@ -33,7 +33,7 @@ from mpo.data.market import MarketData
 from mpo.errors import DataError, InfeasibleError, SolverError, SpecError
 from mpo.io import package_versions, write_json, write_parquet
 from mpo.metrics import bootstrap_sharpe_ci, periods_per_year, summary
-from mpo.policies import build_policy, cost_model, required_history
+from mpo.policies import build_policy, cost_model, kind_of, required_history
 
 __all__ = [
     "BacktestRun",
@@ -48,7 +48,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_COST_NAMES = {"SpreadCost": "spread", "ImpactCost": "impact", "BorrowCost": "holding"}
 
 
 def hold_spec(like: PolicySpec | None = None) -> PolicySpec:
@@ -175,14 +174,10 @@ def _window(specs: list[PolicySpec], market: MarketData, start, end) -> tuple[in
 
 
 def _warn_in_sample(specs: list[PolicySpec], t0: pd.Timestamp) -> None:
-    """Learned policies backtested on dates their model was trained or selected on."""
-    from mpo.policies import learned_views
-
+    """Policies backtested on dates their model was trained or selected on."""
     for spec in specs:
-        if not spec.kind.startswith("dmpo"):
-            continue
-        end = learned_views(spec).selection_end
-        if t0 <= end:
+        end = kind_of(spec).selection_end()
+        if end is not None and t0 <= end:
             logger.warning(
                 "policy %r: its checkpoint was trained and validated on decisions up to %s, but "
                 "the backtest starts %s: these results are partly in sample. Train on data "
@@ -227,11 +222,12 @@ def _extract(name, spec, res, market: MarketData, seconds: float) -> PolicyResul
     h_plus = res.h_plus.loc[idx]
     period_returns = market.returns_with_cash().loc[idx]
     gross = (h_plus * (1.0 + period_returns)).sum(axis=1) / v - 1.0
-    costs = pd.DataFrame(res.costs, index=idx).rename(columns=_COST_NAMES)
-    for col in ("spread", "impact", "holding"):
+    names = cost_model(spec).names()  # every registered term: a column, charged or not
+    costs = pd.DataFrame(res.costs, index=idx)
+    for col in names:
         if col not in costs:
             costs[col] = 0.0
-    costs = costs[["spread", "impact", "holding"]].fillna(0.0)
+    costs = costs[names + [c for c in costs.columns if c not in names]].fillna(0.0)
     return PolicyResult(
         name=name,
         spec=spec,
@@ -345,7 +341,7 @@ def run_backtests(
     if not specs:
         raise SpecError("no policy to backtest: give at least one spec.")
     specs = list(specs)
-    if include_hold and not any(s.kind == "hold" for s in specs):
+    if include_hold and not any(kind_of(s).is_reference for s in specs):
         specs.insert(0, hold_spec(specs[0]))
     _check_shared(specs)
     first, last = _window(specs, market, start, end)
@@ -385,7 +381,7 @@ def _add_metrics(run: BacktestRun) -> None:
         )
         m["ms_per_period"] = 1e3 * r.seconds_per_period
         r.metrics = m
-    ref = next((r for r in run.results.values() if r.spec.kind == "hold"), None)
+    ref = next((r for r in run.results.values() if kind_of(r.spec).is_reference), None)
     if ref is None:
         return
     for r in run.results.values():

@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mpo.errors import SpecError
 
@@ -68,30 +75,191 @@ class BacktestSpec(_Strict):
 
 
 class CostsSpec(_Strict):
-    """Transaction and holding costs (see :class:`mpo.costs.CostModel`)."""
+    """Transaction and holding costs: the estimates every term shares, and each term's parameters.
 
-    half_spread: Annotated[float, Field(ge=0, le=0.1)] = 0.002
-    impact: Annotated[float, Field(ge=0, le=100)] = 1.0
+    The terms are those registered in :data:`mpo.costs.COST_TERMS` (built-in:
+    ``spread``, ``impact``, ``holding``). A term's parameters are given flat
+    (``half_spread = 0.001``) or in its own table (``[costs.spread]``); every
+    registered term is present after validation, with its defaults, and is
+    reached as ``spec.costs.<term>`` (e.g. ``spec.costs.spread.half_spread``;
+    flat access ``spec.costs.half_spread`` works too).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     sigma_span: Annotated[float, Field(ge=1)] = 10.0
     volume_span: Annotated[float, Field(ge=1)] = 10.0
-    short_fee: Annotated[float, Field(ge=0, le=100)] = 0.0
+    sigma: str | None = Field(
+        default=None,
+        description="File of the planner's per-period volatility estimates (dates x tickers).",
+    )
+    volume: str | None = Field(
+        default=None,
+        description="File of the planner's dollar-volume estimates (dates x tickers).",
+    )
+    simulator: Literal["realized", "estimates"] = Field(
+        default="realized",
+        description="What the simulator charges: the period's realised volume and volatility "
+        "(default, as Boyd et al.), or the planner's estimates.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_terms(cls, data):
+        from mpo.costs import COST_TERMS
+
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields)
+        out = {k: v for k, v in data.items() if k in own}
+        per_term: dict[str, dict] = {}
+        flat: set[str] = set()
+        owners = {}
+        for name, term in COST_TERMS.items():
+            for field, info in term.Params.model_fields.items():
+                owners[field] = name
+                if info.alias:
+                    owners[info.alias] = name
+        for key, value in data.items():
+            if key in own:
+                continue
+            if isinstance(value, BaseModel):
+                value = value.model_dump()
+            if key in COST_TERMS and (isinstance(value, dict) or key not in owners):
+                if not isinstance(value, dict):
+                    raise ValueError(
+                        f"costs.{key} is the cost term {key!r}: give its parameters as a table "
+                        f"[costs.{key}], got {value!r}."
+                    )
+                per_term.setdefault(key, {}).update(value)
+            elif key in owners:
+                per_term.setdefault(owners[key], {})[key] = value
+                flat.add(key)
+            else:
+                raise ValueError(
+                    f"unknown field costs.{key!r}; cost terms are {', '.join(COST_TERMS.names())} "
+                    f"(parameters: {', '.join(sorted(owners))}) and the shared fields are "
+                    f"{', '.join(sorted(own))}."
+                )
+        for name, term in COST_TERMS.items():
+            try:
+                out[name] = term.Params(**per_term.get(name, {}))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                where = f"costs.{loc}" if loc in flat else f"costs.{name}.{loc}"
+                raise ValueError(f"{where}: {first['msg']} (got {first.get('input')!r}).") from None
+        return out
+
+    def terms(self) -> dict:
+        """Validated parameters of every registered cost term, by name (defaults filled)."""
+        from mpo.costs import COST_TERMS
+
+        extra = self.__pydantic_extra__ or {}
+        out = {}
+        for name, term in COST_TERMS.items():
+            params = extra.get(name)
+            out[name] = params if isinstance(params, BaseModel) else term.Params(**(params or {}))
+        return out
+
+    def estimates(self):
+        """The :class:`~mpo.costs.estimates.CostEstimates` of this section (files read)."""
+        from mpo.costs.estimates import CostEstimates
+
+        sigma = volume = None
+        if self.sigma is not None or self.volume is not None:
+            from mpo.forecast.files import FileEstimate
+
+            sigma = FileEstimate(self.sigma, what="sigma") if self.sigma else None
+            volume = FileEstimate(self.volume, what="volume") if self.volume else None
+        return CostEstimates(
+            self.sigma_span, self.volume_span, sigma=sigma, volume=volume, simulator=self.simulator
+        )
+
+    def __getattr__(self, item: str):
+        try:
+            return super().__getattr__(item)
+        except AttributeError:
+            for params in self.terms().values():
+                for field, info in type(params).model_fields.items():
+                    if item in (field, info.alias):
+                        return getattr(params, field)
+            raise
+
+    def describe(self) -> str:
+        """One line naming every enabled term and its parameters, and the estimates."""
+        from mpo.costs import CostModel
+
+        model = CostModel.from_spec(self)
+        terms = ", ".join(
+            f"{t.name} ("
+            + ", ".join(f"{k}={v:g}" for k, v in t.params.model_dump().items())
+            + ")"
+            for t in model.active()
+        )
+        sigma = self.sigma or f"EWM span {self.sigma_span:g}"
+        volume = self.volume or f"EWM span {self.volume_span:g}"
+        return (
+            f"{terms or 'none'}; planner sigma {sigma}, volume {volume}; the simulator charges "
+            f"{'realised volume and volatility' if self.simulator == 'realized' else 'the planner estimates'}"
+        )
 
 
 class ForecastSpec(_Strict):
-    """Returns forecaster."""
+    """Returns forecaster: ``kind`` names an entry of :data:`mpo.forecast.kinds.FORECASTS`."""
 
-    kind: Literal["rolling_mean", "ewma_mean", "linear_regression"] = "rolling_mean"
+    kind: str = Field(
+        default="rolling_mean",
+        description="rolling_mean | ewma_mean | linear_regression | file (or a plugin's kind).",
+    )
     lookback: Annotated[int, Field(ge=2)] = 504
     halflife: Annotated[float, Field(ge=1)] = 126.0
     ridge: NonNeg = 1e-6
+    path: str | None = Field(
+        default=None,
+        description="kind='file': forecasts (dates x tickers, or (date, tau) x tickers); "
+        "relative to the spec file.",
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from mpo.forecast.kinds import FORECASTS
+
+        FORECASTS.get(value)
+        return value
 
 
 class RiskSpec(_Strict):
-    """Risk model: rolling full covariance, or its PCA factor model."""
+    """Risk model: ``kind`` names an entry of :data:`mpo.forecast.kinds.RISK_MODELS`."""
 
-    kind: Literal["full", "factor"] = "full"
+    kind: str = Field(
+        default="full", description="full | factor | file | factor_file (or a plugin's kind)."
+    )
     lookback: Annotated[int, Field(ge=2)] = 504
     factors: PositiveInt = 5
+    path: str | None = Field(
+        default=None, description="kind='file': a covariance per date ((date, ticker) x tickers)."
+    )
+    exposures: str | None = Field(
+        default=None, description="kind='factor_file': factor exposures ((date, factor) x tickers)."
+    )
+    factor_covariance: str | None = Field(
+        default=None,
+        description="kind='factor_file': factor covariance ((date, factor) x factors, or "
+        "factors x factors).",
+    )
+    idiosyncratic: str | None = Field(
+        default=None, description="kind='factor_file': idiosyncratic variances (dates x tickers)."
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from mpo.forecast.kinds import RISK_MODELS
+
+        RISK_MODELS.get(value)
+        return value
 
 
 class ObjectiveSpec(_Strict):
@@ -230,13 +398,22 @@ class LearnedSpec(_Strict):
 
 
 class PolicySpec(_Strict):
-    """A complete policy specification."""
+    """A complete policy specification.
+
+    ``kind`` names a registered :class:`mpo.policies.PolicyKind` (built-in:
+    ``hold``, ``equal_weight``, ``spo``, ``mpo``, ``dmpo_mpo``, ``dmpo_qp``);
+    the kind validates the sections it reads. ``[params]`` holds a plugin
+    kind's own settings (validated by the kind's ``Params`` model).
+    """
 
     name: str
-    kind: Literal["hold", "equal_weight", "spo", "mpo", "dmpo_mpo", "dmpo_qp"]
+    kind: str
     description: str = ""
     rebalance_every: PositiveInt = Field(
         default=21, description="equal_weight: periods between rebalances."
+    )
+    params: dict[str, float | int | bool | str | list[float | int | str]] = Field(
+        default_factory=dict, description="A plugin policy kind's own settings."
     )
     data: DataSpec = DataSpec()
     backtest: BacktestSpec = BacktestSpec()
@@ -248,29 +425,41 @@ class PolicySpec(_Strict):
     tuning: TuningSpec = TuningSpec()
     learned: LearnedSpec = LearnedSpec()
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from mpo.policies import POLICY_KINDS
+
+        POLICY_KINDS.get(value)
+        return value
+
     @model_validator(mode="after")
-    def _horizon(self) -> PolicySpec:
-        if self.kind.startswith("dmpo") and not self.learned.checkpoint:
+    def _by_kind(self) -> PolicySpec:
+        from mpo.policies import POLICY_KINDS
+
+        kind = POLICY_KINDS.get(self.kind)
+        kind.validate(self)
+        if kind.Params is not None:
+            try:
+                kind.Params(**self.params)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                loc = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"params.{loc}: {first['msg']} (kind {self.kind!r}).") from None
+        elif self.params:
             raise ValueError(
-                f"kind={self.kind!r} needs [learned] checkpoint = 'path/to/dmpo.pt' (written by "
-                "`mpo train`)."
+                f"kind={self.kind!r} takes no [params] table, got {sorted(self.params)}."
             )
-        if self.kind == "spo" and self.objective.planning_horizon != 1:
-            raise ValueError(
-                f"kind='spo' has planning_horizon 1, got {self.objective.planning_horizon}; use "
-                "kind='mpo' for a multi-period policy."
-            )
-        if "delta" in self.tuning.params and self.kind != "dmpo_qp":
-            raise ValueError(
-                f"tuning.params.delta (the learned QP's turnover limit) needs kind='dmpo_qp', got "
-                f"kind={self.kind!r}."
-            )
-        if self.learned.delta is not None and self.kind != "dmpo_qp":
+        tunable = kind.tunable
+        searched = {} if self.tuning.params == _default_params() else self.tuning.params
+        for name in searched:
+            if name not in tunable:
+                raise ValueError(
+                    f"tuning.params.{name} is not tunable for kind={self.kind!r}; it tunes "
+                    f"{', '.join(tunable) or 'nothing'}."
+                )
+        if self.learned.delta is not None and "delta" not in tunable:
             raise ValueError(f"learned.delta applies to kind='dmpo_qp' only, got {self.kind!r}.")
-        if self.kind not in ("mpo", "dmpo_mpo") and "planning_horizon" in self.tuning.params:
-            raise ValueError(
-                f"tuning.params.planning_horizon needs kind='mpo', got kind={self.kind!r}."
-            )
         return self
 
     def with_updates(self, **sections: dict) -> PolicySpec:
@@ -316,7 +505,32 @@ def parse_spec(data: dict, source: str = "<dict>") -> PolicySpec:
         raise SpecError(format_validation_error(exc, source)) from None
 
 
+#: Spec fields holding file paths that are read relative to the spec file.
+SPEC_FILE_FIELDS = {
+    "forecast": ("path",),
+    "risk": ("path", "exposures", "factor_covariance", "idiosyncratic"),
+    "costs": ("sigma", "volume"),
+}
+
+
+def resolve_paths(data: dict, base: Path) -> dict:
+    """``data`` with the relative file paths of :data:`SPEC_FILE_FIELDS` made absolute from ``base``."""
+    out = dict(data)
+    for section, fields in SPEC_FILE_FIELDS.items():
+        sec = out.get(section)
+        if not isinstance(sec, dict):
+            continue
+        sec = dict(sec)
+        for field in fields:
+            value = sec.get(field)
+            if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                sec[field] = str((base / Path(value).expanduser()).resolve())
+        out[section] = sec
+    return out
+
+
 def load_spec(path: str | Path) -> PolicySpec:
-    """Load and validate a TOML policy spec."""
+    """Load and validate a TOML policy spec (file paths inside it are relative to it)."""
     data = read_toml(path, "policy spec", "see the files in policies/")
+    data = resolve_paths(data, Path(path).resolve().parent)
     return parse_spec(data, source=repr(str(path)))

@@ -105,4 +105,4 @@ def test_cost_model_rejects_bad_parameters(kwargs, field):
 
 def test_zero_coefficients_drop_terms_explicitly():
     assert CostModel(half_spread=0.0, impact=0.0).simulator_costs() == []
-    assert [type(c).__name__ for c in CostModel().simulator_costs()] == ["SpreadCost", "ImpactCost"]
+    assert [type(c).__name__ for c in CostModel().simulator_costs()] == ["spread", "impact"]

@@ -34,7 +34,7 @@ def _impact_mult(market, t_pos, v, spec):
     past_v = market.dollar_volumes.iloc[:t_pos]
     sigma = past_r.ewm(span=spec.costs.sigma_span).std().iloc[-1].to_numpy()
     volume = past_v.ewm(span=spec.costs.volume_span).mean().iloc[-1].to_numpy()
-    return spec.costs.impact * sigma / np.sqrt(volume / v)
+    return spec.costs.impact.b * sigma / np.sqrt(volume / v)
 
 
 def _reference(spec, market, t_pos, h, mus):
