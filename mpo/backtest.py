@@ -33,7 +33,7 @@ from mpo.data.market import MarketData
 from mpo.errors import DataError, InfeasibleError, SolverError, SpecError
 from mpo.io import package_versions, write_json, write_parquet
 from mpo.metrics import bootstrap_sharpe_ci, periods_per_year, summary
-from mpo.policies import build_policy, cost_model, kind_of, required_history
+from mpo.policies import UserPolicy, build_policy, cost_model, kind_of, required_history
 
 __all__ = [
     "BacktestRun",
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
 
 
 def hold_spec(like: PolicySpec | None = None) -> PolicySpec:
@@ -145,11 +144,15 @@ class _Progress(cvx.policies.Policy):
         return self.policy.current_value
 
 
-def _window(specs: list[PolicySpec], market: MarketData, start, end) -> tuple[int, int]:
+def _window(
+    specs: list[PolicySpec], market: MarketData, start, end, history=None
+) -> tuple[int, int]:
     """Index positions of the first and last backtest dates, checked against history."""
     cal = market.calendar
-    need = max(required_history(s) for s in specs)
-    who = max(specs, key=required_history).name
+    history = history or {}
+    needs = {s.name: history.get(s.name) or required_history(s) for s in specs}
+    who = max(needs, key=needs.get)
+    need = needs[who]
     market.require_history(need + 2, f"policy {who!r} ({need} periods of history plus 2 to trade)")
     first = need
     if start is not None:
@@ -310,8 +313,40 @@ def simulate(
     return _extract(name, spec, res, market, seconds)
 
 
+def _as_entries(items) -> list[tuple[PolicySpec, UserPolicy | None]]:
+    """Specs, :class:`UserPolicy` objects and bare cvxportfolio policies as (spec, user) pairs."""
+    items = [
+        UserPolicy(type(x).__name__, policy=x) if isinstance(x, cvx.policies.Policy) else x
+        for x in items
+    ]
+    like = next((x for x in items if isinstance(x, PolicySpec)), None)
+    like = like or next((x.spec for x in items if isinstance(x, UserPolicy) and x.spec), None)
+    shared = {}
+    if like is not None:
+        dumped = like.model_dump()
+        shared = {k: dumped[k] for k in ("data", "backtest", "costs")}
+    out = []
+    for x in items:
+        if isinstance(x, PolicySpec):
+            out.append((x, None))
+        elif isinstance(x, UserPolicy):
+            if x.spec is not None:
+                spec = x.spec if x.spec.name == x.name else x.spec.with_updates(name=x.name)
+            else:
+                spec = parse_spec(
+                    {"name": x.name, "kind": "custom", **shared}, source=f"<policy {x.name!r}>"
+                )
+            out.append((spec, x))
+        else:
+            raise SpecError(
+                f"cannot backtest {x!r} ({type(x).__name__}): give PolicySpec objects (load_spec), "
+                "mpo.policies.UserPolicy objects or cvxportfolio policies."
+            )
+    return out
+
+
 def run_backtests(
-    specs: list[PolicySpec],
+    specs: list,
     market: MarketData,
     *,
     start=None,
@@ -325,7 +360,10 @@ def run_backtests(
     Parameters
     ----------
     specs
-        Policy specs; their ``[costs]`` and ``[backtest]`` sections must agree.
+        Policy specs (their ``[costs]`` and ``[backtest]`` sections must
+        agree), and/or :class:`mpo.policies.UserPolicy` objects and bare
+        cvxportfolio policies (``cvx.Policy``), which share the specs' costs,
+        window and initial portfolio.
     market
         The data.
     start, end
@@ -340,20 +378,25 @@ def run_backtests(
     """
     if not specs:
         raise SpecError("no policy to backtest: give at least one spec.")
-    specs = list(specs)
-    if include_hold and not any(kind_of(s).is_reference for s in specs):
-        specs.insert(0, hold_spec(specs[0]))
+    entries = _as_entries(list(specs))
+    if include_hold and not any(kind_of(s).is_reference for s, _ in entries):
+        entries.insert(0, (hold_spec(entries[0][0]), None))
+    specs = [s for s, _ in entries]
     _check_shared(specs)
-    first, last = _window(specs, market, start, end)
+    history = {s.name: u.required_history(s) for s, u in entries if u is not None}
+    first, last = _window(specs, market, start, end, history)
     cal = market.calendar
     t0, t1 = cal[first], cal[last]
-    _warn_in_sample(specs, t0)
+    _warn_in_sample([s for s, u in entries if u is None], t0)
     simulator = make_simulator(specs[0], market)
     h0 = initial_holdings(specs[0], market.tickers, market.cash_key)
     backtest_calendar = cal[first:last]
     results: dict[str, PolicyResult] = {}
-    for spec in specs:
-        policy = build_policy(spec, market.tickers, backtest_calendar)
+    for spec, user in entries:
+        if user is None:
+            policy = build_policy(spec, market.tickers, backtest_calendar)
+        else:
+            policy = user.build(spec, market.tickers, backtest_calendar)
         results[spec.name] = simulate(
             policy,
             spec=spec,
@@ -364,9 +407,8 @@ def run_backtests(
             h0=h0,
             progress=progress,
         )
-        logger.info(
-            "%s: %.1f ms per period", spec.name, 1e3 * results[spec.name].seconds_per_period
-        )
+        ms = 1e3 * results[spec.name].seconds_per_period
+        logger.info("%s: %.1f ms per period", spec.name, ms)
     run = BacktestRun(results=results, market=market, start=t0, end=t1, seed=seed)
     _add_metrics(run)
     return run

@@ -192,9 +192,7 @@ class CostsSpec(_Strict):
 
         model = CostModel.from_spec(self)
         terms = ", ".join(
-            f"{t.name} ("
-            + ", ".join(f"{k}={v:g}" for k, v in t.params.model_dump().items())
-            + ")"
+            f"{t.name} (" + ", ".join(f"{k}={v:g}" for k, v in t.params.model_dump().items()) + ")"
             for t in model.active()
         )
         sigma = self.sigma or f"EWM span {self.sigma_span:g}"

@@ -16,6 +16,7 @@ from mpo.policies.base import (
 )
 from mpo.policies.learned import learned_views
 from mpo.policies.optimization import IGNORE_DPP_FROM, OptimizationKind, constraints_of
+from mpo.policies.user import UserPolicy
 
 __all__ = [
     "IGNORE_DPP_FROM",
@@ -30,6 +31,7 @@ __all__ = [
     "learned_views",
     "required_history",
     "risk_model",
+    "UserPolicy",
 ]
 
 

@@ -34,7 +34,12 @@ logger = logging.getLogger(__name__)
 POLICY_KINDS: Registry[type[PolicyKind]] = Registry(
     "policy kind",
     "mpo.policies",
-    bootstrap=("mpo.policies.simple", "mpo.policies.optimization", "mpo.policies.learned"),
+    bootstrap=(
+        "mpo.policies.simple",
+        "mpo.policies.optimization",
+        "mpo.policies.learned",
+        "mpo.policies.user",
+    ),
 )
 
 
