@@ -6,7 +6,14 @@ model), :mod:`mpo.costs.terms` (half spread, market impact, borrow fee) and
 volume).
 """
 
-from mpo.costs.base import COST_TERMS, CostModel, CostTerm, TermParams, named
+from mpo.costs.base import (
+    COST_TERMS,
+    CostModel,
+    CostTerm,
+    SimulatorOnlyCost,
+    TermParams,
+    named,
+)
 from mpo.costs.estimates import SIMULATOR_MODES, CostEstimates, ewm_last
 from mpo.costs.terms import (
     BorrowCost,
@@ -28,6 +35,7 @@ __all__ = [
     "ImpactCost",
     "ImpactTerm",
     "SpreadCost",
+    "SimulatorOnlyCost",
     "SpreadTerm",
     "TermParams",
     "ewm_last",

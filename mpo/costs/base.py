@@ -27,10 +27,19 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from cvxportfolio.costs import SimulatorCost
+
 from mpo.costs.estimates import CostEstimates
 from mpo.registry import Registry
 
-__all__ = ["COST_TERMS", "CostModel", "CostTerm", "TermParams", "named"]
+__all__ = [
+    "COST_TERMS",
+    "CostModel",
+    "CostTerm",
+    "SimulatorOnlyCost",
+    "TermParams",
+    "named",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +107,21 @@ class CostTerm:
         ``NotImplementedError``; the training spec then refuses them.
         """
         raise NotImplementedError(f"cost term {self.name!r} has no training formula")
+
+
+class SimulatorOnlyCost(SimulatorCost):
+    """Base of a simulator term computed in numpy: implement ``simulate(t, u, ...)`` only.
+
+    cvxportfolio's ``SimulatorCost`` otherwise compiles a cvxpy expression at
+    initialisation; a term whose charge is not convex (a fixed fee per trade)
+    or simply easier in numpy skips that. ``simulate`` receives the keyword
+    arguments of cvxportfolio's simulator (``u`` dollar trades with cash last,
+    ``h_plus``, ``past_returns``, ``current_returns``, ``current_volumes``,
+    ``current_portfolio_value``, ...) and returns dollars.
+    """
+
+    def initialize_estimator(self, universe, **kwargs):
+        self.universe = universe
 
 
 _NAMED: dict[tuple[type, str], type] = {}
