@@ -13,6 +13,7 @@ import pandas as pd
 import typer
 
 from mpo.errors import MpoError
+from mpo.report import format_table
 
 app = typer.Typer(
     add_completion=False,
@@ -48,66 +49,6 @@ ReportOpt = Annotated[
     bool, typer.Option("--report/--no-report", help="Write report.html (figures, table).")
 ]
 
-_PCT = (
-    "annual_return",
-    "annual_volatility",
-    "max_drawdown",
-    "spread_cost",
-    "impact_cost",
-    "holding_cost",
-)
-_COLUMNS = {
-    "annual_return": "return",
-    "annual_volatility": "vol",
-    "sharpe": "Sharpe",
-    "sharpe_ci": "Sharpe 95% CI",
-    "sortino": "Sortino",
-    "max_drawdown": "max DD",
-    "annual_turnover": "turnover/yr",
-    "spread_cost": "spread/yr",
-    "impact_cost": "impact/yr",
-    "sharpe_vs_hold": "dSharpe vs Hold",
-    "vs_hold_ci": "dSharpe 95% CI",
-    "ms_per_period": "ms/period",
-}
-
-
-def format_table(table: pd.DataFrame) -> str:
-    """Human-readable metrics table (percentages, CIs in brackets)."""
-    return formatted_table(table).to_string()
-
-
-def formatted_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The metrics table as display strings (percentages, CIs in brackets)."""
-    t = table.copy()
-    out = pd.DataFrame(index=t.index)
-    for col in _COLUMNS:
-        if col == "sharpe_ci":
-            out[_COLUMNS[col]] = [
-                f"[{lo:+.2f}, {hi:+.2f}]"
-                for lo, hi in zip(t["sharpe_ci_low"], t["sharpe_ci_high"], strict=True)
-            ]
-        elif col == "vs_hold_ci":
-            if "sharpe_vs_hold_ci_low" not in t:
-                continue
-            out[_COLUMNS[col]] = [
-                "" if pd.isna(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
-                for lo, hi in zip(
-                    t["sharpe_vs_hold_ci_low"], t["sharpe_vs_hold_ci_high"], strict=True
-                )
-            ]
-        elif col in t:
-            vals = t[col]
-            if col in _PCT:
-                out[_COLUMNS[col]] = [f"{v:.2%}" for v in vals]
-            elif col == "annual_turnover":
-                out[_COLUMNS[col]] = [f"{v:.2f}x" for v in vals]
-            elif col == "ms_per_period":
-                out[_COLUMNS[col]] = [f"{v:.1f}" for v in vals]
-            else:
-                out[_COLUMNS[col]] = ["" if pd.isna(v) else f"{v:+.2f}" for v in vals]
-    return out
-
 
 def _load_market(ref, data, tickers, start, end, adv, seed):
     """Market data for specs whose first is ``ref`` (the CLI options override its [data])."""
@@ -130,12 +71,7 @@ def _load_market(ref, data, tickers, start, end, adv, seed):
         f"({d['periods']} periods), fingerprint {d['fingerprint']}"
     )
     typer.echo(market.volume_note)
-    costs = ref.costs
-    typer.echo(
-        f"costs: half-spread {costs.half_spread * 1e4:.1f} bps, impact b={costs.impact:g} "
-        f"(sigma/volume EWM spans {costs.sigma_span:g}/{costs.volume_span:g}), "
-        f"short fee {costs.short_fee:g}%/yr"
-    )
+    typer.echo(f"costs: {ref.costs.describe()}")
     return market, custom_data
 
 

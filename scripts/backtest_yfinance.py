@@ -24,10 +24,10 @@ from pathlib import Path
 import pandas as pd
 
 from mpo.backtest import run_backtests
-from mpo.cli import format_table
 from mpo.config import load_spec, parse_spec
 from mpo.data.sources import load_market_data
 from mpo.errors import MpoError
+from mpo.report import format_table
 
 
 def main() -> int:

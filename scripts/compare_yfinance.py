@@ -36,13 +36,12 @@ import optuna
 import pandas as pd
 
 from mpo.backtest import run_backtests
-from mpo.cli import format_table
 from mpo.config import load_spec, parse_spec
 from mpo.data.sources import load_market_data
 from mpo.errors import DataError, MpoError
 from mpo.learn.cli import run_experiment
 from mpo.learn.config import load_train_spec
-from mpo.report import write_report
+from mpo.report import format_table, write_report
 from mpo.tuning import tune
 
 ROOT = Path(__file__).resolve().parents[1]

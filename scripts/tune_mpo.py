@@ -29,10 +29,10 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from mpo.cli import format_table
 from mpo.config import load_spec
 from mpo.data.sources import load_market_data
 from mpo.errors import MpoError
+from mpo.report import format_table
 from mpo.tuning import tune
 
 

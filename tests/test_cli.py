@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from plugins.fixtures import example_plugin  # noqa: F401  (a fixture)
 from typer.testing import CliRunner
 
 from mpo.cli import app
@@ -72,6 +73,29 @@ def test_backtest_on_dow30_with_observed_volumes(tmp_path):
     assert result.exit_code == 0, result.output
     assert "observed dollar volumes" in result.output
     assert "replaces the specs' default data" in result.output
+
+
+def test_backtest_on_a_plugin_data_source(example_plugin, tmp_path):  # noqa: F811
+    """``--data`` finds sources that installed packages declare as entry points."""
+    result = runner.invoke(
+        app,
+        [
+            "backtest",
+            str(ROOT / "policies" / "hold.toml"),
+            "--data",
+            "example_market",
+            "--no-report",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "data: example_market, 4 assets" in result.output
+    assert re.search(r"^hold\s", result.output, flags=re.M), result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "run.json").is_file() and not (run_dir / "report.html").exists()
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
+import re
 from html.parser import HTMLParser
 
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from mpo.backtest import run_backtests
 from mpo.report import write_report
+from mpo.report.figures import costs_figure
 
 
 class _Collect(HTMLParser):
@@ -67,11 +72,55 @@ def test_report_is_self_contained_html_with_table_and_figures(run, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.fixture(scope="module")
+def run_with_fee(run):
+    """``run`` whose metrics also hold a new cost term's ``fixed_fee_cost``."""
+    results = {
+        name: dataclasses.replace(r, metrics={**r.metrics, "fixed_fee_cost": 0.001 * (i + 1)})
+        for i, (name, r) in enumerate(run.results.items())
+    }
+    return dataclasses.replace(run, results=results)
+
+
+def test_cost_chart_stacks_every_cost_term(run_with_fee):
+    table = run_with_fee.table()
+    assert [c for c in table.columns if c.endswith("_cost")] == [
+        "spread_cost",
+        "impact_cost",
+        "holding_cost",
+        "fixed_fee_cost",
+    ]
+    fig = costs_figure(table)
+    try:
+        ax = fig.axes[1]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["spread", "impact", "holding", "fixed_fee"]
+        bars = ax.containers
+        assert [b.get_label() for b in bars] == labels
+        tops = np.array([p.get_y() + p.get_height() for p in bars[-1].patches])
+        expected = table[["spread_cost", "impact_cost", "holding_cost", "fixed_fee_cost"]]
+        np.testing.assert_allclose(tops, expected.sum(axis=1).to_numpy(), rtol=1e-12)
+    finally:
+        plt.close(fig)
+
+
+def test_report_shows_a_new_cost_term_in_table_and_chart(run_with_fee, tmp_path):
+    text = write_report(run_with_fee, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<th>fixed_fee/yr</th>" in text and "<th>spread/yr</th>" in text
+    caption = re.search(r'<figure id="fig-costs"><figcaption>([^<]*)</figcaption>', text)
+    assert caption, text[-3000:]
+    assert "spread, impact, holding, fixed_fee" in caption.group(1)
+
+
 def _chromium() -> str | None:
     import shutil
 
     return next(
-        (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p),
+        (
+            p
+            for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+            if p
+        ),
         None,
     )
 

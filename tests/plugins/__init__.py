@@ -1,0 +1,1 @@
+"""Test plugins: an example mpo plugin package and the fixtures that install it."""
