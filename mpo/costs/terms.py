@@ -113,7 +113,10 @@ class ImpactCost(SimulatorCost):
         return self._coefficient(sigma, volume, portfolio_value)
 
     def _coefficient(self, sigma, volume, value: float) -> np.ndarray:
-        return self.b * sigma / np.sqrt(volume / value)
+        # cvxportfolio's TransactionCost evaluates exactly this expression (its 1e-8 guards a
+        # zero volume): the same floats give bit-identical problems, so a hand-written
+        # cvxportfolio policy and this one agree to the last digit (tests/test_byo.py)
+        return (self.b * sigma) / ((volume + 1e-8) / value) ** 0.5
 
     def simulate(
         self,
