@@ -25,9 +25,11 @@ from mpo.config import parse_spec
 from mpo.errors import SpecError, TuningError
 from mpo.metrics import periods_per_year, sharpe_ratio
 from mpo.tuning import (
+    OBJECTIVES,
     TrialFailure,
-    _Job,
-    _TrialRunner,
+    TrialRunner,
+    TuningJob,
+    TuningObjective,
     open_storage,
     parse_purge,
     resolve_windows,
@@ -53,6 +55,22 @@ def _quiet_optuna():
 
 def _journal(tmp_path) -> str:
     return str(tmp_path / "studies.journal")
+
+
+def _job(spec, market, windows, objective="sharpe", prune=False, sub_periods=1) -> TuningJob:
+    """A one-trial job for running TrialRunner directly (no storage needed)."""
+    return TuningJob(
+        spec=spec,
+        market=market,
+        windows=windows,
+        objective=objective,
+        storage="",
+        study_name="",
+        n_trials=1,
+        seed=0,
+        prune=prune,
+        sub_periods=sub_periods,
+    )
 
 
 # ------------------------------------------------------------------ end to end
@@ -162,8 +180,8 @@ def test_test_window_data_never_reaches_the_objective(market, tmp_path):
         values.append(res.trials[["number", "value", "param_gamma_risk"]])
     pd.testing.assert_frame_equal(values[0], values[1])
     # and the workers' data really ends with the training window
-    job = _Job(spec, market.slice(end=w.train_end), w, "sharpe", 0.2, "", "", 1, 0, True, 3)
-    assert _TrialRunner(job).job.market.calendar[-1] == w.train_end
+    job = _job(spec, market.slice(end=w.train_end), w, prune=True, sub_periods=3)
+    assert TrialRunner(job).job.market.calendar[-1] == w.train_end
 
 
 # -------------------------------------------------------------------- windows
@@ -221,7 +239,10 @@ def test_parse_purge():
         ({"params": {"gamma_trade": {"low": 0, "high": 1}}}, "log-uniform range needs low > 0"),
         ({"params": {}}, "empty"),
         ({"objective": "sortino"}, "tuning.objective"),
-        ({"params": {"planning_horizon": {"low": 1, "high": 3}}}, "needs kind='mpo'"),
+        (
+            {"params": {"planning_horizon": {"low": 1, "high": 3}}},
+            "needs kind='mpo'|not tunable for kind='spo'",
+        ),
         ({"trials": 0}, "tuning.trials"),
     ],
 )
@@ -281,8 +302,8 @@ def test_undefined_objective_fails_the_trial(market):
     and the trial fails with that reason instead of returning a meaningless number."""
     spec = parse_spec(spec_dict("spo", backtest={"initial": "cash"}, tuning={"prune": False}))
     w = resolve_windows(spec, market, train=TRAIN, test=TEST)
-    job = _Job(spec, market.slice(end=w.train_end), w, "sharpe", 0.2, "", "", 1, 0, False, 1)
-    runner = _TrialRunner(job)
+    job = _job(spec, market.slice(end=w.train_end), w, prune=False, sub_periods=1)
+    runner = TrialRunner(job)
     with pytest.raises(TrialFailure, match="undefined"):
         runner.evaluate({"gamma_risk": 1.0, "gamma_trade": 1e4})
     value, attrs = runner.evaluate({"gamma_risk": 1.0, "gamma_trade": 1.0})
@@ -514,3 +535,169 @@ def test_sqlite_storage_single_worker_and_resume(market, tmp_path):
     pd.testing.assert_series_equal(
         first.trials["value"], again.trials["value"].iloc[:2], check_names=False
     )
+
+
+# ---------------------------------------------------------- objective registry
+def test_objectives_are_registered_and_unknown_names_list_them(market, tmp_path):
+    from mpo.tuning import get_objective
+
+    assert {"sharpe", "return_at_risk", "information_ratio"} <= set(OBJECTIVES.names())
+    with pytest.raises(TuningError, match="unknown objective 'sharp'") as err:
+        get_objective("sharp")
+    msg = str(err.value)
+    assert "sharpe, return_at_risk, information_ratio" in msg and "Did you mean 'sharpe'" in msg
+    assert get_objective("information_ratio").needs_hold
+    assert not get_objective("sharpe").needs_hold and not get_objective("sharpe").constrained
+
+
+def test_builtin_objectives_match_their_formulas():
+    """Each objective against its closed form, on fixed returns (tolerance 1e-12)."""
+    from mpo.tuning import RISK_CAP_PENALTY, get_objective
+
+    rng = np.random.default_rng(0)
+    r, cash, hold = rng.normal(5e-4, 0.01, 250), np.full(250, 1e-4), rng.normal(3e-4, 0.01, 250)
+    tuning = tiny_spec(risk_cap=0.1).tuning
+    ppy = 252.0
+    got = {k: get_objective(k).value(r, cash, hold, ppy, tuning) for k in OBJECTIVES.names()}
+    np.testing.assert_allclose(got["sharpe"], sharpe_ratio(r - cash, ppy), rtol=1e-12)
+    np.testing.assert_allclose(got["information_ratio"], sharpe_ratio(r - hold, ppy), rtol=1e-12)
+    vol = np.std(r, ddof=1) * np.sqrt(ppy)
+    assert vol > 0.1  # the cap binds
+    expected = np.mean(r - cash) * ppy - RISK_CAP_PENALTY * (vol - 0.1)
+    np.testing.assert_allclose(got["return_at_risk"], expected, rtol=1e-12)
+    # returns without variance: undefined, whatever the objective
+    assert all(np.isnan(get_objective(k).value(cash, cash, cash, ppy, tuning)) for k in got)
+    rar = get_objective("return_at_risk")
+    assert rar.constrained and rar.settings(tuning) == {"risk_cap": 0.1}
+    assert rar.feasible({"annual_volatility": 0.09}, tuning)
+    assert not rar.feasible({"annual_volatility": 0.11}, tuning)
+    assert not rar.feasible({}, tuning)  # a trial without metrics is not feasible
+
+
+@pytest.fixture
+def mean_excess_objective():
+    """A custom objective registered for one test: annualised mean excess return."""
+
+    class MeanExcess(TuningObjective):
+        def score(self, returns, cash, hold, ppy, tuning):
+            return float(np.mean(returns - cash) * ppy)
+
+    OBJECTIVES.register("mean_excess_test", MeanExcess)
+    yield MeanExcess
+    OBJECTIVES.unregister("mean_excess_test")
+
+
+def test_a_registered_objective_drives_tune(market, tmp_path, mean_excess_objective):
+    spec = tiny_spec(prune=False)
+    res = tune(
+        spec,
+        market,
+        trials=2,
+        train=TRAIN,
+        test=TEST,
+        storage=_journal(tmp_path),
+        objective="mean_excess_test",
+        evaluate=False,
+        progress=False,
+    )
+    assert res.study_name == "spo-mean_excess_test" and res.objective == "mean_excess_test"
+    assert res.config["objective"] == "mean_excess_test" and res.config["risk_cap"] is None
+    checked = spec.with_updates(objective=dict(res.best_params))
+    run = run_backtests(
+        [checked], market, start=TRAIN[0], end=TRAIN[1], include_hold=False, progress=False
+    )
+    r = run.results[checked.name]
+    ppy = periods_per_year(r.returns.index)
+    expected = float(np.mean((r.returns - r.cash_returns).to_numpy()) * ppy)
+    assert res.best_value == pytest.approx(expected, abs=1e-10)
+
+
+def test_a_function_objective_gets_hold_returns_when_it_asks(market):
+    from mpo.tuning import get_objective
+
+    seen = []
+
+    def beat_hold(returns, cash, hold, ppy, tuning):
+        seen.append(hold)
+        return float(np.mean(returns - hold) * ppy)
+
+    beat_hold.needs_hold = True
+    OBJECTIVES.register("beat_hold_test", beat_hold)
+    try:
+        assert get_objective("beat_hold_test").needs_hold
+        spec = tiny_spec(prune=False)
+        w = resolve_windows(spec, market, train=TRAIN, test=TEST)
+        runner = TrialRunner(_job(spec, market.slice(end=w.train_end), w, "beat_hold_test"))
+        value, _ = runner.evaluate({"gamma_risk": 1.0, "gamma_trade": 1.0})
+    finally:
+        OBJECTIVES.unregister("beat_hold_test")
+    hold = runner.hold_returns()
+    assert seen[-1] is not None and len(seen[-1]) == len(hold)
+    np.testing.assert_allclose(seen[-1], hold.to_numpy(), rtol=0, atol=0)
+    assert np.isfinite(value)
+
+
+# ------------------------------------------------- one loop, enumerated costs
+def test_trial_attrs_name_every_cost_term_of_the_backtest(market, monkeypatch):
+    """Trials run through mpo.backtest.simulate, and every column of its costs frame (here
+    with an extra term the simulator does not know) becomes a ``<term>_cost`` attribute."""
+    import mpo.tuning.trial as trial_module
+
+    real = trial_module.simulate
+    calls = []
+
+    def simulate_with_extra_term(policy, **kw):
+        res = real(policy, **kw)
+        res.costs["made_up"] = 0.5 * res.costs["spread"]
+        calls.append(res)
+        return res
+
+    monkeypatch.setattr(trial_module, "simulate", simulate_with_extra_term)
+    spec = tiny_spec(prune=False)
+    w = resolve_windows(spec, market, train=TRAIN, test=TEST)
+    runner = TrialRunner(_job(spec, market.slice(end=w.train_end), w))
+    _, attrs = runner.evaluate({"gamma_risk": 1.0, "gamma_trade": 1.0})
+    (res,) = calls
+    assert {"spread", "impact", "holding", "made_up"} <= set(res.costs.columns)
+    for col in res.costs.columns:
+        frac = (res.costs[col] / res.value.reindex(res.returns.index)).mean() * runner.ppy
+        assert attrs[f"{col}_cost"] == pytest.approx(frac, rel=1e-12, abs=1e-15), col
+    assert attrs["made_up_cost"] == pytest.approx(0.5 * attrs["spread_cost"], rel=1e-12)
+    assert attrs["spread_cost"] > 0
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        ("InfeasibleError", "infeasible: policy 'spo' at"),
+        ("SolverError", "solver failure: policy 'spo' at"),
+        ("ConvergenceError", "ConvergenceError: "),
+    ],
+)
+def test_simulate_errors_become_trial_failures(market, monkeypatch, error, reason):
+    import mpo.errors
+    import mpo.tuning.trial as trial_module
+
+    def failing(policy, **kw):
+        raise getattr(mpo.errors, error)("policy 'spo' at 2017-05-01: no luck.")
+
+    monkeypatch.setattr(trial_module, "simulate", failing)
+    spec = tiny_spec(prune=False)
+    w = resolve_windows(spec, market, train=TRAIN, test=TEST)
+    runner = TrialRunner(_job(spec, market.slice(end=w.train_end), w))
+    with pytest.raises(TrialFailure, match=re.escape(reason)):
+        runner.evaluate({"gamma_risk": 1.0, "gamma_trade": 1.0})
+
+
+def test_tuning_package_has_small_modules_and_no_backtest_loop():
+    package = ROOT / "mpo" / "tuning"
+    assert not (ROOT / "mpo" / "tuning.py").exists()
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) >= 7
+    for path in modules:
+        source = path.read_text()
+        n = len(source.splitlines())
+        assert n < 600, f"{path.name} has {n} lines"
+        assert ".backtest(" not in source, f"{path.name} runs the simulator itself"
+        # objectives are dispatched through the registry, not compared by name
+        assert not re.search(r"[=!]=\s*\"(sharpe|return_at_risk|information_ratio)\"", source)
