@@ -117,13 +117,21 @@ class Registry(Generic[T]):
         for module in self._bootstrap:
             importlib.import_module(module)
 
-    def load_entry_points(self, *, force: bool = False) -> list[str]:
-        """Import the items that installed packages declare in :attr:`group`."""
-        if self._entry_points_loaded and not force:
+    def load_entry_points(self, *, force: bool = False, only: str | None = None) -> list[str]:
+        """Import the items that installed packages declare in :attr:`group`.
+
+        The first call scans every installed distribution; later calls do
+        nothing unless ``force`` (re-import every entry point) or ``only``
+        (look for that one name again: a package installed since the first
+        scan is found).
+        """
+        if self._entry_points_loaded and not force and only is None:
             return []
         self._entry_points_loaded = True
         added = []
         for ep in metadata.entry_points(group=self.group):
+            if only is not None and ep.name != only:
+                continue
             if ep.name in self._items and not force:
                 continue
             try:
@@ -145,6 +153,8 @@ class Registry(Generic[T]):
         self._boot()
         if name not in self._items:
             self.load_entry_points()
+        if name not in self._items and isinstance(name, str):
+            self.load_entry_points(only=name)
         try:
             return self._items[name]
         except (KeyError, TypeError):
@@ -161,6 +171,8 @@ class Registry(Generic[T]):
         self._boot()
         if name not in self._items:
             self.load_entry_points()
+        if name not in self._items and isinstance(name, str):
+            self.load_entry_points(only=name)
         return name in self._items
 
     def names(self) -> list[str]:

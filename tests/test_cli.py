@@ -112,3 +112,28 @@ def test_bad_input_exits_with_specific_message(args, message, monkeypatch):
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "error:" in result.output and message in result.output
+
+
+def test_plugin_policy_kind_and_data_source_from_a_toml_spec(example_plugin, tmp_path):  # noqa: F811
+    """An installed plugin adds a policy kind (with its own [params]) and a data source."""
+    spec = tmp_path / "invvol.toml"
+    spec.write_text(
+        'name = "invvol"\nkind = "example_kind"\n[params]\nlookback = 40\nevery = 10\n'
+        '[data]\nsource = "example_market"\n'
+    )
+    out = tmp_path / "runs"
+    result = runner.invoke(
+        app, ["backtest", str(spec), "--no-report", "--no-progress", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "invvol" in result.output and "example_market" in result.output
+    (run_dir,) = list(out.iterdir())
+    import pandas as pd
+
+    w = pd.read_parquet(run_dir / "invvol" / "weights.parquet")
+    assert (w.iloc[:, :-1] > 0).all().all()  # inverse volatility holds every asset
+    assert w.iloc[:, :-1].std().max() > 0  # and rebalances
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "b"\nkind = "example_kind"\n[params]\nlookback = 1\n')
+    result = runner.invoke(app, ["backtest", str(bad), "--data", "example_market"])
+    assert result.exit_code == 2 and "params.lookback" in result.output

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import cvxportfolio as cvx
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
 from mpo.data.market import MarketData
 from mpo.data.synthetic import make_synthetic
 from mpo.errors import DataError
+from mpo.policies import PolicyKind
 
-__all__ = ["EXAMPLE_SEED", "ExamplePolicyKind", "example_market"]
+__all__ = ["EXAMPLE_SEED", "ExamplePolicyKind", "InverseVolatility", "example_market"]
 
 #: The seed of :func:`example_market`: the market is the same on every call.
 EXAMPLE_SEED = 7
@@ -51,12 +57,40 @@ def example_market(argument: str | None = None, **options) -> MarketData:
     return dataclasses.replace(data, name="example_market")
 
 
-class ExamplePolicyKind:
-    """The policy kind ``example_kind`` (entry-point group ``mpo.policies``).
+class InverseVolatility(cvx.policies.Policy):
+    """Rebalance every ``every`` periods to weights proportional to 1 / (past volatility)."""
 
-    A placeholder for the policy-kind interface: like Hold, it never trades.
-    The registry of policy kinds gives it its name on registration.
+    def __init__(self, lookback: int, every: int, calendar):
+        self.lookback = lookback
+        self.rebalance = set(calendar[::every]) if calendar is not None else None
+
+    def values_in_time(self, t, current_weights, past_returns, **kwargs):
+        if self.rebalance is not None and t not in self.rebalance:
+            return current_weights
+        vol = past_returns.iloc[-self.lookback :, :-1].std().to_numpy()
+        w = (1.0 / vol) / (1.0 / vol).sum()
+        return pd.Series(np.append(w, 0.0), index=current_weights.index)
+
+
+class ExamplePolicyKind(PolicyKind):
+    """The policy kind ``example_kind`` (entry-point group ``mpo.policies``): inverse volatility.
+
+    Its settings come from the spec's ``[params]`` table (validated by :attr:`Params`)::
+
+        kind = "example_kind"
+        [params]
+        lookback = 40
+        every = 10
     """
 
-    #: What the kind does, for listings.
-    description = "Example plugin policy: keep the initial portfolio (like hold)."
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        lookback: int = Field(default=60, ge=2)
+        every: int = Field(default=21, ge=1)
+
+    def required_history(self) -> int:
+        return max(super().required_history(), self.params.lookback)
+
+    def build(self, universe, trading_calendar):
+        return InverseVolatility(self.params.lookback, self.params.every, trading_calendar)
