@@ -11,10 +11,12 @@ dollar volume ``V``. Two views of them exist:
 * what the **simulator charges** (``[costs] simulator``):
 
   - ``"realized"`` (default, as in Boyd et al. 2017 and cvxportfolio): the
-    period's own dollar volume, and the volatility estimate whose window ends
-    with the period's own return (the planner's window ends one period
-    earlier). With an assumed ADV (data without volumes) the realised volume
-    *is* the assumption;
+    period's own dollar volume, and as volatility the user's ``sigma`` file
+    (the user's measure of each period's volatility, as in the paper's
+    experiments) or else the EWM estimate whose window ends with the period's
+    own return (the planner's window ends one period earlier). With an
+    assumed ADV (data without volumes) the realised volume *is* the
+    assumption;
   - ``"estimates"``: the planner's estimates (the simulator charges what the
     planner expected; mpo's behaviour before 0.1).
 
@@ -127,7 +129,7 @@ class CostEstimates:
     # ---------------------------------------------------------------- simulator
     def simulator_sigma(self, t, past_returns, current_returns) -> np.ndarray:
         """Volatility the simulator charges for period ``t``."""
-        if self.simulator == "estimates":
+        if self.simulator == "estimates" or self.sigma is not None:
             return self.planner_sigma(t, past_returns)
         window = int(np.ceil(_TRUNCATE_SPANS * self.sigma_span))
         past = past_returns.iloc[-window:, :-1].to_numpy(dtype=float)
