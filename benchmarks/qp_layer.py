@@ -35,7 +35,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mpo.learn.qp import CvxpyLayerQP, QPSpec, solve_qp  # noqa: E402
+from mpo.learn.qp import QPSpec, make_backend  # noqa: E402
 from mpo.learn.qp.reference import DIFFCP_CLARABEL  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "qp_layer.json"
@@ -86,12 +86,16 @@ def time_fast(problem, repeats: int, newton: str = "auto") -> dict:
     # on_failure="nan": a sample that does not converge is counted, not a crash
     spec = dataclasses.replace(spec, newton=newton, on_failure="nan")
 
+    backend = make_backend("fast")
+
+    def layer(*args, d=None):
+        return backend(spec, *args, d=d)[0]
+
     def fwd():
         with torch.no_grad():
-            solve_qp(spec, mu, L, w_prev, delta, d=d)
+            layer(mu, L, w_prev, delta, d=d)
 
-    _, info = solve_qp(spec, mu, L, w_prev, delta, d=d, return_info=True)  # warm-up
-    layer = lambda *a, d=None: solve_qp(spec, *a, d=d)  # noqa: E731
+    _, info = backend(spec, mu, L, w_prev, delta, d=d)  # warm-up
     return {
         "fwd": _time(fwd, repeats),
         "fwd_bwd": _time(lambda: _fwd_bwd(layer, mu, L, w_prev, delta, d), repeats),
@@ -134,7 +138,12 @@ def time_cvxpylayers(
     extrapolated linearly from a sub-batch of ``sub`` samples (also ``runs`` times).
     """
     spec, mu, L, w_prev, delta, d = (x.double() if torch.is_tensor(x) else x for x in problem)
-    layer = CvxpyLayerQP(spec, shared_factor=False, turnover=True, solver_args=solver_args)
+    backend = make_backend("cvxpylayers", solver_args=solver_args)
+    backend.layer(spec, L.dim() == 3 or L.shape[1] == 1, True)  # compiled outside the timings
+
+    def layer(*args, d=None):
+        return backend(spec, *args, d=d)[0]
+
     B = mu.shape[0]
     part = slice(0, min(sub, B))
     d_sub = None if d is None else d[part]

@@ -261,21 +261,17 @@ class DMPOQPPolicy(cvx.policies.Policy):
             None
         ]
         with torch.no_grad():
-            from mpo.learn.qp import min_turnover, solve_qp
+            from mpo.learn.qp import min_turnover
 
             if self.views.kind == "dmpo" and self.delta is None:
                 delta = model.inference_delta(w_prev)
             else:  # the same rule: the limit, raised only where drift left no feasible point
                 need = min_turnover(w_prev, model.qp_spec.w_max) + 1e-12
                 delta = torch.clamp(need, min=self.delta if self.delta is not None else model.delta)
-            if self.views.kind == "dmpo":
+            try:  # the model's QP backend; two-stage: the same QP and limits as its decider
                 w, info = model.solve(out["views"], w_prev, delta)
-            else:  # two-stage: the same QP and limits, as in training's decider
-                v = out["views"]
-                try:
-                    w, info = solve_qp(model.qp_spec, v.mu, v.L, w_prev, delta, return_info=True)
-                except ConvergenceError:
-                    w, info = torch.full_like(w_prev, float("nan"))[:, None], None
+            except ConvergenceError:  # two-stage (DMPO models hold w_prev themselves)
+                w, info = torch.full_like(w_prev, float("nan"))[:, None], None
         w1 = w[0, 0].numpy()
         if (info is not None and not bool(info.converged.all())) or not np.isfinite(w1).all():
             # as in training's evaluation: a sample the solver cannot certify holds w_prev

@@ -33,8 +33,8 @@ from torch import nn
 
 from mpo.learn.config import TrainSpec
 from mpo.learn.dataset import Split, WindowDataset
-from mpo.learn.encoders import EncoderConfig, build_encoder
-from mpo.learn.qp import QPSpec, min_turnover, solve_qp
+from mpo.learn.encoders import EncoderConfig, Views, build_encoder
+from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
 from mpo.learn.train import (
     DTYPE,
     CostParams,
@@ -187,9 +187,22 @@ class TwoStageModel(nn.Module):
             factor="full",
         )
         self.delta = float(qp_config["delta"])
+        self.qp_backend = make_backend(qp_config.get("backend", "fast"))
 
     def mu(self, X: torch.Tensor) -> torch.Tensor:
         return self.encoder(X.to(DTYPE)).mu.to(DTYPE)
+
+    def solve(
+        self, views: Views, w_prev: torch.Tensor, delta: torch.Tensor | float
+    ) -> tuple[torch.Tensor, QPInfo]:
+        """Weights ``(B, H, n)`` of the QP for ``views`` (``mu_hat``, Ledoit-Wolf factor).
+
+        Raises
+        ------
+        ConvergenceError
+            Where the solver does not converge (``on_failure="raise"``).
+        """
+        return self.qp_backend(self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d)
 
 
 def train_two_stage(
@@ -232,9 +245,7 @@ def two_stage_decider(
     def decide(k: int, w_prev: torch.Tensor):
         need = min_turnover(w_prev[None], model.qp_spec.w_max) + 1e-12
         delta = torch.clamp(need, min=model.delta)
-        w, info = solve_qp(
-            model.qp_spec, mu[k : k + 1], L[k : k + 1], w_prev[None], delta, return_info=True
-        )
+        w, info = model.solve(Views(mu[k : k + 1], L[k : k + 1]), w_prev[None], delta)
         return w[0, 0], delta, bool(info.starved[0])
 
     return decide

@@ -15,6 +15,7 @@ from mpo.config import DataSpec, NonNeg, PositiveInt, _Strict, format_validation
 from mpo.errors import SpecError
 from mpo.learn.dataset import FEATURES, FeatureSpec
 from mpo.learn.encoders import ENCODERS, EncoderConfig
+from mpo.learn.qp.backend import QP_BACKENDS
 from mpo.registry import one_of
 
 __all__ = [
@@ -72,6 +73,7 @@ class SplitSection(_Strict):
 
 
 EncoderKind = Annotated[str, AfterValidator(one_of(ENCODERS, "encoder"))]
+BackendName = Annotated[str, AfterValidator(one_of(QP_BACKENDS, "QP backend"))]
 
 
 class EncoderSection(_Strict):
@@ -91,7 +93,8 @@ class EncoderSection(_Strict):
 
 
 class QPSection(_Strict):
-    """The DMPO QP (see :class:`mpo.learn.qp.QPSpec`); ``delta`` is the hard turnover limit."""
+    """The DMPO QP (see :class:`mpo.learn.qp.QPSpec`); ``delta`` is the hard turnover limit,
+    ``backend`` names a solver registered in :data:`mpo.learn.qp.QP_BACKENDS`."""
 
     horizon: Annotated[int, Field(ge=1, le=20)] = 1
     risk_aversion: Positive = 1.0
@@ -101,7 +104,7 @@ class QPSection(_Strict):
     delta: Positive = 0.2
     w_max: Annotated[float, Field(gt=0, le=1)] | None = None
     eps: Positive = 1e-6
-    backend: Literal["fast", "cvxpylayers"] = "fast"
+    backend: BackendName = "fast"
 
 
 class CostsSection(_Strict):

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from mpo.learn.config import TrainSection, TrainSpec
 from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import EncoderConfig, Views, build_encoder
-from mpo.learn.qp import DMPOLayer, QPSpec, min_turnover, solve_qp
+from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
 
 __all__ = [
     "PPY",
@@ -179,7 +179,8 @@ class DMPOModel(nn.Module):
     encoder_config : EncoderConfig
     qp_config : dict
         ``risk_aversion``, ``gamma``, ``eps``, ``w_max``, ``delta`` (hard limit),
-        ``learned_delta`` (bool), ``backend`` (``"fast"``/``"cvxpylayers"``).
+        ``learned_delta`` (bool), ``backend`` (a name in
+        :data:`mpo.learn.qp.QP_BACKENDS`).
     """
 
     def __init__(self, encoder_config: EncoderConfig, qp_config: dict) -> None:
@@ -201,11 +202,10 @@ class DMPOModel(nn.Module):
             on_failure="nan",
         )
         self.delta = float(qp_config["delta"])
-        self.backend = qp_config.get("backend", "fast")
+        self.qp_backend = make_backend(qp_config.get("backend", "fast"))
         self.delta_logit = None
         if qp_config.get("learned_delta", False):
             self.delta_logit = nn.Parameter(torch.tensor(math.log(9.0), dtype=DTYPE))
-        self._ref_layers: dict[bool, DMPOLayer] = {}
 
     def views(self, X: torch.Tensor) -> Views:
         """Encoder views in float64."""
@@ -227,31 +227,22 @@ class DMPOModel(nn.Module):
         w_prev: torch.Tensor,
         delta: torch.Tensor | float,
         gamma: float | None = None,
-    ):
-        """Weights ``(B, H, n)`` and the fast solver's ``QPInfo`` (``None`` for cvxpylayers).
+    ) -> tuple[torch.Tensor, QPInfo]:
+        """Weights ``(B, H, n)`` and the backend's :class:`~mpo.learn.qp.QPInfo`.
 
-        Samples the interior point does not converge on (rare; logged) hold ``w_prev``:
-        a feasible decision that carries no gradient.
+        Samples the solver does not converge on (rare; logged) hold ``w_prev``: a
+        feasible decision that carries no gradient.
         """
-        if self.backend == "fast":
-            w, info = solve_qp(
-                self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d, gamma=gamma,
-                return_info=True,
-            )  # fmt: skip
-            bad = ~info.converged | torch.isnan(w).flatten(1).any(-1)
-            if bool(bad.any()):
-                logger.warning("QP did not converge for %d sample(s); they hold w_prev.",
-                               int(bad.sum()))  # fmt: skip
-                hold = w_prev.detach()[:, None].expand_as(w)
-                w = torch.where(bad[:, None, None], hold, torch.nan_to_num(w))
-            return w, info
-        finite = bool(torch.isfinite(torch.as_tensor(delta)).all())
-        if finite not in self._ref_layers:
-            self._ref_layers[finite] = DMPOLayer(
-                self.qp_spec, backend="cvxpylayers", shared_factor=True, turnover=finite
-            )
-        layer = self._ref_layers[finite]
-        return layer(views.mu, views.L, w_prev, delta if finite else None, views.d, gamma), None
+        w, info = self.qp_backend(
+            self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d, gamma=gamma
+        )
+        bad = ~info.converged | torch.isnan(w).flatten(1).any(-1)
+        if bool(bad.any()):
+            logger.warning("QP did not converge for %d sample(s); they hold w_prev.",
+                           int(bad.sum()))  # fmt: skip
+            hold = w_prev.detach()[:, None].expand_as(w)
+            w = torch.where(bad[:, None, None], hold, torch.nan_to_num(w))
+        return w, info
 
     def forward(self, X: torch.Tensor, w_prev: torch.Tensor) -> torch.Tensor:
         """Inference decisions (hard turnover limit): ``(B, H, n)``."""
@@ -566,8 +557,7 @@ def dmpo_decider(model: DMPOModel, ds: WindowDataset, split: Split, chunk: int =
     def decide(k: int, w_prev: torch.Tensor):
         delta = model.inference_delta(w_prev[None])
         w, info = model.solve(views.index(slice(k, k + 1)), w_prev[None], delta)
-        st = bool(info.starved[0]) if info is not None else False
-        return w[0, 0], delta, st
+        return w[0, 0], delta, bool(info.starved[0])
 
     return decide
 
@@ -619,10 +609,9 @@ def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> Bat
         stats = {
             "n": B,
             "violation": feasibility_violation(w, w_prev, delta_b, spec.qp.w_max),
+            "starved": int(info.starved.sum()),
+            "binding": int(info.turnover_active.sum()),
         }
-        if info is not None:
-            stats["starved"] = int(info.starved.sum())
-            stats["binding"] = int(info.turnover_active.sum())
         return loss, stats
 
     return batch_loss

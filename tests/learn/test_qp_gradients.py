@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpo.learn.qp import CvxpyLayerQP, reference_solve, solve_qp
+from mpo.learn.qp import make_backend, reference_solve, solve_qp
 
 
 @pytest.mark.parametrize(
@@ -96,9 +96,9 @@ def test_cvxpylayers_reference_gradients(qp_case):
     """cvxpylayers with Clarabel inside diffcp (tight) agrees with the fast gradients."""
     case = qp_case(seed=5, batch=4, n=6, horizon=2, w_max=0.35, turnover="tight")
     c = torch.tensor(np.random.default_rng(0).standard_normal((4, 2, 6)))
-    layer = CvxpyLayerQP(case.spec, shared_factor=False, turnover=True)
+    layer = make_backend("cvxpylayers")  # default solver args: Clarabel inside diffcp, tight
     grads = []
-    for fn in (layer, lambda *a: solve_qp(case.spec, *a)):
+    for fn in (lambda *a: layer(case.spec, *a)[0], lambda *a: solve_qp(case.spec, *a)):
         mu = case.mu.clone().requires_grad_()
         L = case.L.clone().requires_grad_()
         wp = case.w_prev.clone().requires_grad_()

@@ -1,18 +1,22 @@
-"""Fast batched DMPO QP layer: interior point forward, implicit-KKT backward."""
+"""Fast batched DMPO QP layer: interior point forward, implicit-KKT backward.
+
+:class:`FastBackend` is the ``"fast"`` entry of :data:`mpo.learn.qp.QP_BACKENDS`;
+:func:`solve_qp` calls it with the inputs as separate arguments.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
 from mpo.errors import ConvergenceError
 from mpo.learn.qp.active import ReducedKKT, RiskOperator, identify_active_set
+from mpo.learn.qp.backend import QP_BACKENDS, QPBackend, QPInfo
 from mpo.learn.qp.ipm import IPMResult, default_tol, ipm_solve
 from mpo.learn.qp.spec import QPInputs, QPSpec, validate_inputs
 
-__all__ = ["QPInfo", "solve_qp", "covariance"]
+__all__ = ["FastBackend", "QPInfo", "solve_qp", "covariance"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,44 +34,6 @@ _CORRECT = 1
 _PLAIN = True
 # Relative threshold of the probe test deciding that w_1 is pinned by the active set.
 _PINNED_REL = {torch.float64: 1e-9, torch.float32: 1e-4}
-
-
-@dataclass
-class QPInfo:
-    """Per-sample diagnostics of one :func:`solve_qp` call (all tensors of shape ``(B,)``).
-
-    Attributes
-    ----------
-    iterations : torch.Tensor
-        Interior-point iterations.
-    primal_residual, dual_residual, gap : torch.Tensor
-        Scaled infinity-norm residuals and mean complementarity at the last iterate.
-    converged : torch.Tensor
-        Interior point converged or the polished point passed the KKT check.
-    polished : torch.Tensor
-        The returned point is the exact active-set solution (KKT check passed).
-    turnover_active : torch.Tensor
-        The turnover limit binds.
-    starved : torch.Tensor
-        The turnover limit binds and the active constraints pin ``w_1`` completely, so
-        ``d w_1 / d mu = 0`` (training signal flows only through ``w_prev`` and ``delta``).
-        All ``False`` when the active-set system was not built (``polish=False``
-        without gradients).
-    """
-
-    iterations: torch.Tensor
-    primal_residual: torch.Tensor
-    dual_residual: torch.Tensor
-    gap: torch.Tensor
-    converged: torch.Tensor
-    polished: torch.Tensor
-    turnover_active: torch.Tensor
-    starved: torch.Tensor
-
-    @property
-    def starved_share(self) -> float:
-        """Share of samples whose gradient w.r.t. ``mu`` is zero because turnover binds."""
-        return float(self.starved.to(torch.float64).mean())
 
 
 def covariance(spec: QPSpec, L: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
@@ -293,6 +259,9 @@ def solve_qp(
 ) -> torch.Tensor | tuple[torch.Tensor, QPInfo]:
     """Solve a batch of DMPO QPs with the fast solver (differentiable).
 
+    The ``"fast"`` backend with the inputs as arguments:
+    ``make_backend("fast")(spec, mu, L, w_prev, delta, d=d, gamma=gamma)``.
+
     Parameters
     ----------
     spec : QPSpec
@@ -325,7 +294,23 @@ def solve_qp(
     ConvergenceError
         If some samples did not converge and ``spec.on_failure == "raise"``.
     """
-    inp: QPInputs = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma)
-    holder: list[QPInfo] = []
-    w = _DMPOFunction.apply(spec, holder, inp.mu, inp.L, inp.w_prev, inp.delta, inp.gamma, inp.d)
-    return (w, holder[0]) if return_info else w
+    inp = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma)
+    w, info = FastBackend().solve(spec, inp)
+    return (w, info) if return_info else w
+
+
+@QP_BACKENDS.register("fast")
+class FastBackend(QPBackend):
+    """Batched interior point, active-set polish and implicit-KKT backward (this module).
+
+    No options; the tolerances are the spec's (``tol``, ``max_iter``, ``polish``,
+    ``upcast``, ``newton``, ``on_failure``).
+    """
+
+    def solve(self, spec: QPSpec, inputs: QPInputs) -> tuple[torch.Tensor, QPInfo]:
+        inp = inputs
+        holder: list[QPInfo] = []
+        w = _DMPOFunction.apply(
+            spec, holder, inp.mu, inp.L, inp.w_prev, inp.delta, inp.gamma, inp.d
+        )
+        return w, holder[0]

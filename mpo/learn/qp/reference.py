@@ -1,10 +1,14 @@
-"""Reference solvers: a cvxpylayers layer and a high-precision cvxpy solve.
+"""Reference solvers: the ``"cvxpylayers"`` QP backend and a high-precision cvxpy solve.
 
 Both build the same DPP-compliant cvxpy problem: the quadratic is
 ``1/2 ||L_tau' w_tau||^2 (+ 1/2 ||sqrt(d_tau) * w_tau||^2) + eps/2 ||w_tau||^2`` with ``L``
 (and ``sqrt(d)``) as parameters, the L1 terms use ``cp.norm1`` with ``gamma`` a
 nonnegative parameter, and the turnover limit ``||w_1 - w_prev||_1 <= delta`` has
 ``delta`` as a parameter.
+
+:class:`CvxpyLayersBackend` (registered as ``"cvxpylayers"``) differentiates it with
+cvxpylayers, one :class:`CvxpyLayerQP` per problem structure; :func:`reference_solve`
+(plain cvxpy + Clarabel at 1e-12, not differentiable) is the tests' ground truth.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ import numpy as np
 import torch
 
 from mpo.errors import ConvergenceError
+from mpo.learn.qp.backend import QP_BACKENDS, QPBackend, QPInfo
 from mpo.learn.qp.spec import QPInputs, QPSpec, validate_inputs
 
 __all__ = [
     "CLARABEL_TIGHT",
     "DIFFCP_CLARABEL",
+    "CvxpyLayerQP",
+    "CvxpyLayersBackend",
     "ReferenceProblem",
     "build_problem",
     "reference_solve",
-    "CvxpyLayerQP",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,9 @@ DIFFCP_CLARABEL: dict[str, Any] = {
     "tol_feas": 1e-10,
     "tol_ktratio": 1e-8,
 }
+
+#: The turnover limit counts as binding when ``||w_1 - w_prev||_1 >= delta - this``.
+_BINDING_TOL = 1e-6
 
 
 @dataclass
@@ -213,7 +222,7 @@ def _assign(ref: ReferenceProblem, data: dict[str, np.ndarray], b: int) -> None:
 
 
 class CvxpyLayerQP:
-    """Differentiable reference layer built on cvxpylayers (diffcp backend).
+    """cvxpylayers (diffcp) layer of one problem structure.
 
     Parameters
     ----------
@@ -222,7 +231,7 @@ class CvxpyLayerQP:
     shared_factor : bool, default False
         ``L`` of shape ``(B, n, k)`` shared by all periods instead of ``(B, H, n, k)``.
     turnover : bool, default True
-        Include the turnover limit (then every call must pass a finite ``delta``).
+        Include the turnover limit (then every sample must have a finite ``delta``).
     solver_args : dict or None, default None
         diffcp arguments; ``None`` uses :data:`DIFFCP_CLARABEL`, ``{}`` the cvxpylayers
         default (SCS, loose tolerance).
@@ -251,18 +260,8 @@ class CvxpyLayerQP:
             self.ref.problem, parameters=self.ref.parameter_list(), variables=[self.ref.w]
         )
 
-    def __call__(
-        self,
-        mu: torch.Tensor,
-        L: torch.Tensor,
-        w_prev: torch.Tensor,
-        delta: float | torch.Tensor | None = None,
-        *,
-        d: torch.Tensor | None = None,
-        gamma: float | torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Solve the batch; same arguments and output ``(B, H, n)`` as ``solve_qp``."""
-        inp = validate_inputs(self.spec, mu, L, w_prev, delta, d=d, gamma=gamma)
+    def solve(self, inp: QPInputs) -> torch.Tensor:
+        """Weights ``(B, H, n)`` of validated inputs of this layer's structure."""
         if (inp.L.shape[1] == 1) != self.shared_factor and self.spec.horizon > 1:
             raise ValueError(
                 f"this layer was built with shared_factor={self.shared_factor}, got L of "
@@ -283,3 +282,78 @@ class CvxpyLayerQP:
             args += [inp.d[:, j].sqrt() for j in range(inp.d.shape[1])]
         (w,) = self.layer(*args, solver_args=self.solver_args)
         return w
+
+
+@QP_BACKENDS.register("cvxpylayers")
+class CvxpyLayersBackend(QPBackend):
+    """The DPP problem of :func:`build_problem` differentiated by cvxpylayers (slow reference).
+
+    One :class:`CvxpyLayerQP` is compiled per ``(spec, shared factor, turnover)`` and
+    cached; a batch mixing finite and infinite ``delta`` is solved in two parts.
+    :class:`QPInfo` reports ``converged`` (finite solution), ``primal_residual`` (largest
+    violation of budget, bounds and turnover), ``turnover_active`` (the limit binds
+    within ``1e-6``); iterations are ``0``, the dual residual and gap ``NaN`` and
+    ``polished``/``starved`` ``False`` (not identified).
+
+    Parameters
+    ----------
+    solver_args : dict or None, default None
+        diffcp arguments; ``None`` uses :data:`DIFFCP_CLARABEL` (Clarabel inside diffcp
+        at tight tolerances, whose gradients agree with the checked fast gradients),
+        ``{}`` the cvxpylayers default (SCS, loose tolerance).
+    """
+
+    def __init__(self, solver_args: dict[str, Any] | None = None) -> None:
+        self.solver_args = dict(DIFFCP_CLARABEL if solver_args is None else solver_args)
+        self._layers: dict[tuple[QPSpec, bool, bool], CvxpyLayerQP] = {}
+
+    def __repr__(self) -> str:
+        return f"CvxpyLayersBackend(solver_args={self.solver_args!r})"
+
+    def layer(self, spec: QPSpec, shared_factor: bool, turnover: bool) -> CvxpyLayerQP:
+        """The (cached) compiled layer of one problem structure."""
+        key = (spec, shared_factor, turnover)
+        if key not in self._layers:
+            self._layers[key] = CvxpyLayerQP(spec, shared_factor, turnover, self.solver_args)
+        return self._layers[key]
+
+    def solve(self, spec: QPSpec, inputs: QPInputs) -> tuple[torch.Tensor, QPInfo]:
+        shared = inputs.L.shape[1] == 1
+        finite = torch.isfinite(inputs.delta)
+        if bool(finite.all()) or not bool(finite.any()):
+            w = self.layer(spec, shared, bool(finite.all())).solve(inputs)
+        else:
+            parts, order = [], []
+            for turnover, rows in ((True, finite), (False, ~finite)):
+                idx = torch.nonzero(rows).flatten()
+                parts.append(self.layer(spec, shared, turnover).solve(inputs.select(idx)))
+                order.append(idx)
+            w = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return w, _diagnostics(spec, inputs, w)
+
+
+def _diagnostics(spec: QPSpec, inp: QPInputs, w: torch.Tensor) -> QPInfo:
+    """What a cvxpylayers solution tells: feasibility, whether the turnover limit binds."""
+    with torch.no_grad():
+        w = w.detach()
+        B, like = inp.batch, w
+        delta = inp.delta.detach()
+        finite = torch.isfinite(delta)
+        turn = (w[:, 0] - inp.w_prev.detach()).abs().sum(-1)
+        gap = torch.where(finite, turn - delta, torch.full_like(turn, -torch.inf))
+        viol = [(w.sum(-1) - 1).abs().amax(-1), (-w).clamp(min=0).flatten(1).amax(-1)]
+        if spec.w_max is not None:
+            viol.append((w - spec.w_max).clamp(min=0).flatten(1).amax(-1))
+        viol.append(gap.clamp(min=0))
+        nan = torch.full((B,), float("nan"), dtype=like.dtype, device=like.device)
+        false = torch.zeros(B, dtype=torch.bool, device=like.device)
+        return QPInfo(
+            iterations=torch.zeros(B, dtype=torch.long, device=like.device),
+            primal_residual=torch.stack(viol).amax(0),
+            dual_residual=nan,
+            gap=nan.clone(),
+            converged=torch.isfinite(w).flatten(1).all(-1),
+            polished=false,
+            turnover_active=gap >= -_BINDING_TOL,
+            starved=false.clone(),
+        )

@@ -201,6 +201,13 @@ class QPInputs:
         """Batch size ``B``."""
         return self.mu.shape[0]
 
+    def select(self, rows: torch.Tensor) -> QPInputs:
+        """The samples ``rows`` (index or boolean tensor), differentiably."""
+        d = None if self.d is None else self.d[rows]
+        return QPInputs(
+            self.mu[rows], self.L[rows], self.w_prev[rows], self.delta[rows], self.gamma[rows], d
+        )
+
 
 def min_turnover(w_prev: torch.Tensor, w_max: float | None) -> torch.Tensor:
     """Smallest L1 distance from ``w_prev`` to ``{w : 1'w = 1, 0 <= w <= w_max}``.
