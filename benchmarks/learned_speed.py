@@ -57,7 +57,7 @@ from mpo.forecast.learned import LearnedViews  # noqa: E402
 from mpo.io import package_versions, write_json  # noqa: E402
 from mpo.learn.checkpoint import Checkpoint, save_checkpoint  # noqa: E402
 from mpo.learn.config import TrainSpec  # noqa: E402
-from mpo.learn.train import build_dmpo_model, qp_config_from_spec  # noqa: E402
+from mpo.learn.train import build_dmpo_model  # noqa: E402
 
 LOOKBACK = 252
 TARGET = 1.2
@@ -78,14 +78,14 @@ def write_checkpoint(market: MarketData, horizon: int, path: Path, seed: int = 0
     """A randomly initialised DMPO checkpoint on ``market``'s universe."""
     spec = _train_spec(horizon)
     enc = spec.encoder_config(market.n_assets)
-    qp = qp_config_from_spec(spec)
+    qp = spec.qp_options()
     model = build_dmpo_model(enc, qp, seed)
     ckpt = Checkpoint(
         kind="dmpo",
         state_dict=model.state_dict(),
         encoder_config=enc.to_dict(),
         feature_config=spec.feature_spec().to_dict(),
-        qp_config=qp,
+        qp_config=qp.to_dict(),
         tickers=list(market.tickers),
         train_window=[str(market.calendar[0].date()), str(market.calendar[LOOKBACK].date())],
         fingerprint=market.fingerprint(),

@@ -29,11 +29,7 @@ import torch  # noqa: E402
 from mpo.data.synthetic import make_synthetic  # noqa: E402
 from mpo.learn.config import TrainSpec  # noqa: E402
 from mpo.learn.dataset import make_dataset  # noqa: E402
-from mpo.learn.train import (  # noqa: E402
-    build_dmpo_model,
-    dmpo_batch_loss,
-    qp_config_from_spec,
-)
+from mpo.learn.train import build_dmpo_model, dmpo_batch_loss  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "train_speed.json"
 BATCH = 64
@@ -48,7 +44,7 @@ def time_batches(n: int, horizon: int, backend: str, days: int, batches: int) ->
         train={"remedy": "none", "batch_size": BATCH},
     )
     ds = make_dataset(market, spec.feature_spec())
-    model = build_dmpo_model(spec.encoder_config(n), qp_config_from_spec(spec), seed=0)
+    model = build_dmpo_model(spec.encoder_config(n), spec.qp_options(), seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     step = dmpo_batch_loss(model, ds, spec)
     gen = torch.Generator().manual_seed(0)

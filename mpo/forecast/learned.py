@@ -54,9 +54,7 @@ def _load(path: str, mtime_ns: int):
             "of a 'dmpo' (or 'two_stage') encoder."
         )
     enc = EncoderConfig.from_dict(ckpt.encoder_config)
-    qp = dict(ckpt.qp_config)
-    qp.setdefault("backend", "fast")
-    qp.setdefault("learned_delta", False)
+    qp = ckpt.qp_options()  # typed; checkpoints of older layouts convert too
     model = DMPOModel(enc, qp) if ckpt.kind == "dmpo" else TwoStageModel(enc, qp)
     try:
         model.load_state_dict(ckpt.state_dict)

@@ -23,8 +23,11 @@ not bind).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +37,7 @@ from torch import nn
 from mpo.learn.config import TrainSpec
 from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import EncoderConfig, Views, build_encoder
+from mpo.learn.options import QPOptions
 from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
 from mpo.learn.train import (
     DTYPE,
@@ -171,23 +175,25 @@ def ledoit_wolf_factors(ds: WindowDataset, positions: np.ndarray, lookback: int)
 class TwoStageModel(nn.Module):
     """Encoder trained on MSE; decisions from its ``mu_hat`` and a Ledoit-Wolf risk model."""
 
-    def __init__(self, encoder_config: EncoderConfig, qp_config: dict) -> None:
+    def __init__(
+        self, encoder_config: EncoderConfig, qp_options: QPOptions | Mapping[str, Any]
+    ) -> None:
         super().__init__()
         self.encoder_config = encoder_config
-        self.qp_config = dict(qp_config)
+        self.qp_options = opts = QPOptions.coerce(qp_options)
         self.encoder = build_encoder(encoder_config).to(DTYPE)
         n = encoder_config.n_assets
         self.qp_spec = QPSpec(
             n=n,
             horizon=encoder_config.horizon,
-            risk_aversion=qp_config["risk_aversion"],
-            gamma=qp_config["gamma"],
-            eps=qp_config["eps"],
-            w_max=qp_config["w_max"],
+            risk_aversion=opts.risk_aversion,
+            gamma=opts.gamma,
+            eps=opts.eps,
+            w_max=opts.w_max,
             factor="full",
         )
-        self.delta = float(qp_config["delta"])
-        self.qp_backend = make_backend(qp_config.get("backend", "fast"))
+        self.delta = opts.delta
+        self.qp_backend = make_backend(opts.backend)
 
     def mu(self, X: torch.Tensor) -> torch.Tensor:
         return self.encoder(X.to(DTYPE)).mu.to(DTYPE)
@@ -209,10 +215,8 @@ def train_two_stage(
     spec: TrainSpec, ds: WindowDataset, train: Split, val: Split, *, progress: bool = True
 ) -> Trained:
     """Fit the encoder's ``mu_hat`` on the MSE of realised returns (early stop on val MSE)."""
-    from mpo.learn.train import qp_config_from_spec
-
     enc = spec.encoder_config(ds.n_assets)
-    qp = {**qp_config_from_spec(spec), "learned_delta": False}
+    qp = dataclasses.replace(spec.qp_options(), learned_delta=False)
     model = seeded(spec.train.seed, lambda: TwoStageModel(enc, qp))
     scale = ds.spec.return_scale
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from mpo.errors import CheckpointError
+from mpo.errors import CheckpointError, SpecError
 from mpo.io import atomic_path, package_versions
+from mpo.learn.options import QPOptions
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "check_compatible", "load_checkpoint", "save_checkpoint"]
 
@@ -54,7 +55,9 @@ class Checkpoint:
     state_dict : dict
         The model's parameters and buffers.
     encoder_config, feature_config, qp_config : dict
-        ``EncoderConfig.to_dict()``, ``FeatureSpec.to_dict()``, QP/cost options.
+        ``EncoderConfig.to_dict()``, ``FeatureSpec.to_dict()``, ``QPOptions.to_dict()``
+        (plus the run's cost keys); a :class:`~mpo.learn.options.QPOptions` given as
+        ``qp_config`` is stored as its dict.
     tickers : list of str
         Universe, in the order of the model's asset axis.
     train_window : list of str
@@ -82,6 +85,25 @@ class Checkpoint:
     versions: dict[str, str] = field(default_factory=package_versions)
     training_state: dict | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.qp_config, QPOptions):
+            self.qp_config = self.qp_config.to_dict()
+
+    def qp_options(self) -> QPOptions:
+        """The typed QP options of ``qp_config`` (old layouts included).
+
+        Raises
+        ------
+        CheckpointError
+            If ``qp_config`` holds unknown keys or invalid values.
+        """
+        try:
+            return QPOptions.from_dict(self.qp_config)
+        except SpecError as exc:
+            raise CheckpointError(
+                f"checkpoint ({self.kind}) has invalid QP options: {exc}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -56,14 +56,13 @@ def _checkpoint(
     state_dict, spec, ds, train_split, kind: str, seed: int, history=None, splits=None
 ):
     from mpo.learn.checkpoint import Checkpoint
-    from mpo.learn.train import qp_config_from_spec
 
     return Checkpoint(
         kind=kind,
         state_dict=state_dict,
         encoder_config=spec.encoder_config(ds.n_assets).to_dict(),
         feature_config=ds.spec.to_dict(),
-        qp_config={**qp_config_from_spec(spec), **spec.costs.model_dump()},
+        qp_config={**spec.qp_options().to_dict(), **spec.costs.model_dump()},
         tickers=list(ds.tickers),
         train_window=[str(train_split.start.date()), str(train_split.end.date())],
         fingerprint=ds.fingerprint,

@@ -15,6 +15,7 @@ from mpo.config import DataSpec, NonNeg, PositiveInt, _Strict, format_validation
 from mpo.errors import SpecError
 from mpo.learn.dataset import FEATURES, FeatureSpec
 from mpo.learn.encoders import ENCODERS, EncoderConfig
+from mpo.learn.options import QPOptions
 from mpo.learn.qp.backend import QP_BACKENDS
 from mpo.registry import one_of
 
@@ -198,6 +199,20 @@ class TrainSpec(_Strict):
     @property
     def qp_gamma(self) -> float:
         return self.costs.kappa if self.qp.gamma is None else self.qp.gamma
+
+    def qp_options(self) -> QPOptions:
+        """The models' QP options (``gamma`` defaults to ``costs.kappa``; the delta is
+        learned under ``remedy = "learned_delta"``)."""
+        q = self.qp
+        return QPOptions(
+            risk_aversion=q.risk_aversion,
+            gamma=self.qp_gamma,
+            eps=q.eps,
+            w_max=q.w_max,
+            delta=q.delta,
+            learned_delta=self.train.remedy == "learned_delta",
+            backend=q.backend,
+        )
 
     def with_updates(self, **sections: dict) -> TrainSpec:
         """Copy with fields of sections replaced (validated), e.g. ``train={"epochs": 3}``."""

@@ -36,7 +36,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ from tqdm.auto import tqdm
 from mpo.learn.config import TrainSection, TrainSpec
 from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import EncoderConfig, Views, build_encoder
+from mpo.learn.options import QPOptions
 from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
 
 __all__ = [
@@ -177,34 +178,36 @@ class DMPOModel(nn.Module):
     Parameters
     ----------
     encoder_config : EncoderConfig
-    qp_config : dict
-        ``risk_aversion``, ``gamma``, ``eps``, ``w_max``, ``delta`` (hard limit),
-        ``learned_delta`` (bool), ``backend`` (a name in
-        :data:`mpo.learn.qp.QP_BACKENDS`).
+    qp_options : QPOptions or dict
+        Objective weights, hard limit ``delta``, ``learned_delta`` and the QP backend
+        by name; a dict (a checkpoint's ``qp_config``) goes through
+        :meth:`QPOptions.from_dict`.
     """
 
-    def __init__(self, encoder_config: EncoderConfig, qp_config: dict) -> None:
+    def __init__(
+        self, encoder_config: EncoderConfig, qp_options: QPOptions | Mapping[str, Any]
+    ) -> None:
         super().__init__()
         self.encoder_config = encoder_config
-        self.qp_config = dict(qp_config)
+        self.qp_options = opts = QPOptions.coerce(qp_options)
         c = encoder_config
         self.encoder = build_encoder(c).to(DTYPE)
         self.qp_spec = QPSpec(
             n=c.n_assets,
             horizon=c.horizon,
             rank=None if c.factor == "full" else c.k,
-            risk_aversion=qp_config["risk_aversion"],
-            gamma=qp_config["gamma"],
-            eps=qp_config["eps"],
-            w_max=qp_config["w_max"],
+            risk_aversion=opts.risk_aversion,
+            gamma=opts.gamma,
+            eps=opts.eps,
+            w_max=opts.w_max,
             factor=c.factor,
             max_iter=150,
             on_failure="nan",
         )
-        self.delta = float(qp_config["delta"])
-        self.qp_backend = make_backend(qp_config.get("backend", "fast"))
+        self.delta = opts.delta
+        self.qp_backend = make_backend(opts.backend)
         self.delta_logit = None
-        if qp_config.get("learned_delta", False):
+        if opts.learned_delta:
             self.delta_logit = nn.Parameter(torch.tensor(math.log(9.0), dtype=DTYPE))
 
     def views(self, X: torch.Tensor) -> Views:
@@ -250,19 +253,6 @@ class DMPOModel(nn.Module):
         return w
 
 
-def qp_config_from_spec(spec: TrainSpec) -> dict:
-    q = spec.qp
-    return {
-        "risk_aversion": q.risk_aversion,
-        "gamma": spec.qp_gamma,
-        "eps": q.eps,
-        "w_max": q.w_max,
-        "delta": q.delta,
-        "learned_delta": spec.train.remedy == "learned_delta",
-        "backend": q.backend,
-    }
-
-
 def seeded(seed: int, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` with torch's global RNG seeded, restoring the caller's RNG state after."""
     with torch.random.fork_rng(devices=[]):
@@ -270,9 +260,11 @@ def seeded(seed: int, fn: Callable[[], Any]) -> Any:
         return fn()
 
 
-def build_dmpo_model(encoder_config: EncoderConfig, qp_config: dict, seed: int) -> DMPOModel:
+def build_dmpo_model(
+    encoder_config: EncoderConfig, qp_options: QPOptions | Mapping[str, Any], seed: int
+) -> DMPOModel:
     """A freshly initialised :class:`DMPOModel`; same seed -> same initial weights."""
-    return seeded(seed, lambda: DMPOModel(encoder_config, qp_config))
+    return seeded(seed, lambda: DMPOModel(encoder_config, qp_options))
 
 
 # ---------------------------------------------------------------------- fitting
@@ -640,7 +632,7 @@ def train_dmpo(
 ) -> Trained:
     """Train a DMPO model end to end (early stopping on the batched validation Sharpe)."""
     enc = spec.encoder_config(ds.n_assets)
-    model = build_dmpo_model(enc, qp_config_from_spec(spec), spec.train.seed)
+    model = build_dmpo_model(enc, spec.qp_options(), spec.train.seed)
     costs = CostParams.from_spec(spec)
     result = fit(
         model,

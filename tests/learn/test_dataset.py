@@ -17,7 +17,7 @@ from mpo.learn.dataset import (
     compute_features,
     make_dataset,
 )
-from mpo.learn.train import build_dmpo_model, qp_config_from_spec
+from mpo.learn.train import build_dmpo_model
 
 ALL = ("returns", "volatility", "momentum", "volume")
 
@@ -64,7 +64,7 @@ def test_no_look_ahead_in_features_windows_and_decisions():
     assert not torch.equal(a.features, b.features)  # the perturbation does reach later rows
     pos = a.positions[a.positions <= upto[-1]]
     assert torch.equal(a.windows(pos), b.windows(pos))
-    model = build_dmpo_model(spec.encoder_config(5), qp_config_from_spec(spec), seed=0)
+    model = build_dmpo_model(spec.encoder_config(5), spec.qp_options(), seed=0)
     w_prev = torch.full((len(pos), 5), 0.2, dtype=torch.float64)
     with torch.no_grad():
         wa, wb = model(a.windows(pos), w_prev), model(b.windows(pos), w_prev)

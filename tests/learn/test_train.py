@@ -18,7 +18,6 @@ from mpo.learn.train import (
     dmpo_batch_loss,
     dmpo_decider,
     net_returns,
-    qp_config_from_spec,
     run_sequential,
     sample_w_prev,
     sharpe_loss,
@@ -62,7 +61,7 @@ def test_dmpo_learns_the_planted_component():
     )  # fmt: skip
     ds, (train, val, test) = tiny_data(spec, market)
     trained = train_dmpo(spec, ds, train, val, progress=False).model
-    random = build_dmpo_model(trained.encoder_config, trained.qp_config, spec.train.seed)
+    random = build_dmpo_model(trained.encoder_config, trained.qp_options, spec.train.seed)
     costs = CostParams.from_spec(spec)
     sharpe = {
         name: run_sequential(name, dec, ds, test, costs, None).metrics()["sharpe"]
@@ -168,7 +167,7 @@ def test_cvxpylayers_backend_gives_the_fast_solvers_training_gradient():
     grads = {}
     for backend in ("cvxpylayers", "fast"):
         sp = spec.with_updates(qp={"backend": backend})
-        model = build_dmpo_model(sp.encoder_config(5), qp_config_from_spec(sp), seed=0)
+        model = build_dmpo_model(sp.encoder_config(5), sp.qp_options(), seed=0)
         loss, _ = dmpo_batch_loss(model, ds, sp)(train.positions[:8], 0,
                                                  torch.Generator().manual_seed(0))  # fmt: skip
         loss.backward()
@@ -180,7 +179,7 @@ def test_cvxpylayers_backend_gives_the_fast_solvers_training_gradient():
     assert cosine > 0.9, cosine
 
 
-def test_qp_config_from_spec_uses_kappa_as_default_gamma():
+def test_qp_options_use_kappa_as_default_gamma():
     spec = tiny_spec(costs={"kappa": 7e-4})
-    assert qp_config_from_spec(spec)["gamma"] == 7e-4
-    assert qp_config_from_spec(spec.with_updates(qp={"gamma": 0.0}))["gamma"] == 0.0
+    assert spec.qp_options().gamma == 7e-4
+    assert spec.with_updates(qp={"gamma": 0.0}).qp_options().gamma == 0.0
