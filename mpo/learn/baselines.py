@@ -37,21 +37,20 @@ from torch import nn
 from mpo.learn.config import TrainSpec
 from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import EncoderConfig, Views, build_encoder
-from mpo.learn.options import QPOptions
-from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
-from mpo.learn.train import (
+from mpo.learn.evaluation import Decide
+from mpo.learn.fitting import Trained, fit
+from mpo.learn.losses import (
     DTYPE,
     CostParams,
-    Decide,
-    Trained,
     feasibility_violation,
-    fit,
     net_returns,
     sample_w_prev,
-    seeded,
     sharpe_loss,
     utility_loss,
 )
+from mpo.learn.model import seeded
+from mpo.learn.options import QPOptions
+from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
 
 __all__ = [
     "DirectModel",

@@ -1,4 +1,4 @@
-"""Batched primal-dual interior-point method for the DMPO QP, in pure torch.
+"""Batched primal-dual interior-point method for the DMPO QP, in pure torch: the driver.
 
 The L1 terms are written with epigraph variables ``t_tau >= |w_tau - w_{tau-1}|``; the
 turnover limit becomes ``1' t_1 <= delta``. All inequalities are stacked into one slack
@@ -18,6 +18,10 @@ sample (dense ``n x n`` diagonal blocks, diagonal off-diagonal blocks) bordered 
 ``H`` budget rows and the rank-one turnover term. See ``README.md`` next to this file
 for the algebra. Nothing here loops over the batch; converged samples are frozen and
 the batch is compacted once half of it has finished.
+
+Modules: :mod:`~mpo.learn.qp.ipm_problem` (scaled data, the stacked inequalities),
+:mod:`~mpo.learn.qp.ipm_newton` (the Newton systems) and this one (iterates, residuals,
+directions, step lengths and the iteration loop).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from mpo.learn.qp.active import RiskOperator
+from mpo.learn.qp.ipm_newton import NewtonSystem
+from mpo.learn.qp.ipm_problem import IPMProblem, split_groups
 
 __all__ = ["IPMResult", "ipm_solve", "default_tol"]
 
@@ -45,7 +50,6 @@ _STALL_RESID = 100.0
 # A sample whose max(residual, gap) grew by this factor in one step is stepped back and
 # stopped (the Newton systems have lost their accuracy).
 _DIVERGE = 10.0
-_GROUPS = ("l", "a", "b", "u")
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -125,348 +129,6 @@ def _put(x: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Ten
     return x
 
 
-def _tri_solve(U: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Solve ``U' U x = b`` for an upper Cholesky factor ``U`` (two triangular solves)."""
-    y = torch.linalg.solve_triangular(U.mT, b, upper=False)
-    return torch.linalg.solve_triangular(U, y, upper=True)
-
-
-class _Problem:
-    """Scaled problem data of one batch plus the layout of the stacked inequalities."""
-
-    def __init__(
-        self, Sig, q, w_prev, gamma, delta, w_max, scale, factor=None, refine=False
-    ) -> None:
-        B, H, n = q.shape
-        self.refine = refine
-        self.B, self.H, self.n = B, H, n
-        self.hn = H * n
-        self.has_u = w_max is not None
-        self.G = 4 if self.has_u else 3
-        self.m = self.G * self.hn + 1
-        self._buffers: tuple[list, list, torch.Tensor] | None = None
-        if factor is None:
-            # Sigma stays unscaled (no extra n x n pass); 1/scale is applied when the
-            # Newton matrix is built into a reused buffer and after products with Sigma.
-            self.Sig, self.F, self.dd = Sig, None, None
-            self.inv_scale = scale.reciprocal()
-        else:
-            # Sigma = F F' + diag(dd): kept factored (Woodbury Newton steps).
-            F, dd = factor
-            self.Sig = None
-            self.F = F / scale.sqrt()[:, None, None, None]
-            self.dd = dd / scale[:, None, None]
-        self.q = q / scale[:, None, None]
-        self.wp = w_prev
-        self.gamma = (gamma / scale)[:, None, None]
-        self.hd = torch.isfinite(delta)
-        self.delta = torch.where(self.hd, delta, torch.zeros_like(delta))
-        self.w_max = w_max
-        has_l1 = (gamma > 0).unsqueeze(1).expand(B, H).clone()
-        has_l1[:, 0] |= self.hd
-        self.l1m = has_l1.to(q.dtype).unsqueeze(-1)
-        # Inert placeholder rows: only built when some sample has one.
-        self.dummy = not (bool(has_l1.all()) and bool(self.hd.all()))
-        cmask = torch.ones(B, self.m, dtype=q.dtype, device=q.device)
-        if self.dummy:
-            grp = self.groups(cmask)
-            grp[:, 1:3] = self.l1m.unsqueeze(1).expand(B, 2, H, n)
-            cmask[:, -1] = self.hd.to(q.dtype)
-        self.cmask = cmask
-        self.zsafe = 1.0 - cmask  # added to z in ratio tests so placeholders give 0 / 1
-        self.count = cmask.sum(-1)
-        # Border columns: the H budget rows (the turnover column is filled per iteration).
-        C = torch.zeros(B, H, n, H + 1, dtype=q.dtype, device=q.device)
-        C[..., :H] = torch.eye(H, dtype=q.dtype, device=q.device).reshape(1, H, 1, H)
-        self.C = C.reshape(B, self.hn, H + 1)
-        # ``e e'`` of the border Schur complement (the turnover row's own unit entry)
-        ee = torch.zeros(B, H + 1, H + 1, dtype=q.dtype, device=q.device)
-        ee[:, H, H] = 1.0
-        self.ee = ee
-
-    def subset(self, keep: torch.Tensor) -> _Problem:
-        """The samples ``keep`` (boolean mask) of this problem."""
-        out = object.__new__(_Problem)
-        for k, v in self.__dict__.items():
-            out.__dict__[k] = v[keep] if isinstance(v, torch.Tensor) else v
-        out.B = int(out.q.shape[0])
-        out._buffers = None
-        return out
-
-    def buffers(self) -> tuple[list, list, torch.Tensor]:
-        """Reused ``n x n`` work buffers (``K_tau``, factors) and the LAPACK info vector.
-
-        Allocating fresh ``(B, n, n)`` tensors every iteration costs page faults that,
-        at ``n = 100``, took as long as the Cholesky factorisation itself.
-        """
-        if self._buffers is None:
-            B, H, n = self.B, self.H, self.n
-            like = self.q
-            K = [like.new_empty(B, n, n) for _ in range(H)]
-            U = [like.new_empty(B, n, n) for _ in range(H - 1)]
-            info = torch.empty(B, dtype=torch.int32, device=like.device)
-            self._buffers = (K, U, info)
-        return self._buffers
-
-    def groups(self, x: torch.Tensor) -> torch.Tensor:
-        """View ``(B, m)`` stacked values as ``(B, G, H, n)`` (turnover row excluded)."""
-        return x[:, :-1].view(x.shape[0], self.G, self.H, self.n)
-
-    def sig_mul(self, w: torch.Tensor) -> torch.Tensor:
-        """``Sigma_tau w_tau`` for ``w`` of shape ``(B, H, n)``."""
-        if self.F is None:
-            return RiskOperator(dense=self.Sig).mul(w) * self.inv_scale[:, None, None]
-        return RiskOperator(F=self.F, dd=self.dd).mul(w)
-
-    def prev(self, w: torch.Tensor) -> torch.Tensor:
-        """``w_{tau-1}`` with ``w_{-1} = w_prev``."""
-        if self.H == 1:
-            return self.wp.unsqueeze(1)
-        return torch.cat([self.wp.unsqueeze(1), w[:, :-1]], 1)
-
-    def diff0(self, dw: torch.Tensor) -> torch.Tensor:
-        """``D dw``: ``dw_tau - dw_{tau-1}`` with ``dw_{-1} = 0``."""
-        if self.H == 1:
-            return dw
-        out = dw.clone()
-        out[:, 1:] -= dw[:, :-1]
-        return out
-
-    def diff_t(self, v: torch.Tensor) -> torch.Tensor:
-        """``D' v``: ``v_tau - v_{tau+1}`` with ``v_H = 0``."""
-        if self.H == 1:
-            return v
-        out = v.clone()
-        out[:, :-1] -= v[:, 1:]
-        return out
-
-    def stack(self, lw, a, b, tsum) -> torch.Tensor:
-        """Stack per-group values ``(B, H, n)`` and the turnover row ``(B,)`` into ``(B, m)``."""
-        B = lw.shape[0]
-        parts = [lw.reshape(B, -1), a.reshape(B, -1), b.reshape(B, -1)]
-        if self.has_u:
-            parts.append(lw.neg().reshape(B, -1))
-        parts.append(tsum.unsqueeze(-1))
-        return torch.cat(parts, 1)
-
-    def slack_of(self, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``g(w, t)``: the slacks implied by the primal variables, ``(B, m)``."""
-        d = w - self.prev(w)
-        g = self.stack(w, t - d, t + d, self.delta - t[:, 0].sum(-1))
-        if self.has_u:
-            self.groups(g)[:, 3] += self.w_max
-        return g
-
-
-class _Newton:
-    """Factorised reduced Newton system of one iteration."""
-
-    def __init__(self, pb: _Problem, s: torch.Tensor, z: torch.Tensor) -> None:
-        self.pb = pb
-        H, n = pb.H, pb.n
-        W = z / s
-        Wg = pb.groups(W)
-        Wa, Wb = Wg[:, 1], Wg[:, 2]
-        alpha = Wa + Wb
-        if pb.dummy:
-            alpha = alpha + (1.0 - pb.l1m)
-        uinv = alpha.reciprocal()
-        if pb.dummy:
-            uinv = uinv * pb.l1m
-        self.uinv = uinv
-        self.u0 = uinv[:, 0]
-        self.beta = Wb - Wa
-        E = (Wa * Wb).mul_(uinv).mul_(4.0)
-        Wd = W[:, -1]
-        self.kappa = Wd / (1.0 + Wd * self.u0.sum(-1))
-        self.kappa_col = self.kappa.unsqueeze(-1)
-        V = (self.kappa.sqrt().unsqueeze(-1) * self.beta[:, 0]).mul_(self.u0)
-        C = pb.C.clone()
-        C[:, :n, H] = V
-        self.C = C
-        self.E = E
-        if pb.F is not None:
-            # Diagonal part without the couplings between periods (added exactly, no
-            # cancellation of large kink weights); E_0 couples to the constant w_prev.
-            base = Wg[:, 0] + pb.dd
-            if pb.has_u:
-                base = base + Wg[:, 3]
-            base[:, 0] += E[:, 0]
-            self._factor_woodbury(base)
-            return
-        diag = Wg[:, 0] + E
-        if pb.has_u:
-            diag = diag + Wg[:, 3]
-        if H > 1:
-            diag[:, :-1] += E[:, 1:]
-        self.diag = diag
-        self._factor(diag)
-
-    def set_border(self, X1: torch.Tensor) -> None:
-        """Store ``X1 = K^{-1} C`` and invert the border Schur complement ``C' X1 + e e'``."""
-        sch = torch.baddbmm(self.pb.ee, self.C.mT, X1)
-        self.sch_chol, info = torch.linalg.cholesky_ex(sch)
-        self.failed = self.failed | (info != 0)
-        self.X1 = X1
-
-    def _factor(self, diag: torch.Tensor) -> None:
-        """Cholesky factors of the block-tridiagonal matrix (Schur complements)."""
-        pb = self.pb
-        Ks, Us, info = pb.buffers()
-        chols = []
-        failed = None
-        prev = None
-        inv_scale = pb.inv_scale[:, None, None]
-        for tau in range(pb.H):
-            K = torch.mul(pb.Sig[:, min(tau, pb.Sig.shape[1] - 1)], inv_scale, out=Ks[tau])
-            K.diagonal(dim1=-2, dim2=-1).add_(diag[:, tau])
-            if tau > 0:
-                # S = K - E S_prev^{-1} E written as K - E + E S_prev^{-1} (S_prev - E), which
-                # avoids cancelling two huge terms when a kink weight E explodes.
-                e = self.E[:, tau]
-                prev.diagonal(dim1=-2, dim2=-1).sub_(e)
-                # in place: the previous K is not needed again (its factor is in Us)
-                U_prev = chols[-1]
-                torch.linalg.solve_triangular(U_prev.mT, prev, upper=False, out=prev)
-                torch.linalg.solve_triangular(U_prev, prev, upper=True, out=prev)
-                T = prev.mul_(e.unsqueeze(-1))
-                K.add_(T, alpha=0.5).add_(T.mT, alpha=0.5)
-                K.diagonal(dim1=-2, dim2=-1).sub_(e)
-            # The last period's K is factored in place; earlier ones are still needed for
-            # the next Schur complement, so they are copied first.
-            U = K if tau == pb.H - 1 else Us[tau].copy_(K)
-            # K is symmetric: its transpose view is column-major, which LAPACK factors in
-            # place; the buffer then holds U = L', the upper factor.
-            torch.linalg.cholesky_ex(U.mT, out=(U.mT, info))
-            bad = info != 0
-            failed = bad if failed is None else failed | bad
-            chols.append(U)
-            prev = K
-        if bool(failed.any()):
-            eye = torch.eye(pb.n, dtype=diag.dtype, device=diag.device)
-            chols = [torch.where(failed[:, None, None], eye, U) for U in chols]
-        self.chols = chols
-        self.failed = failed
-
-    def _factor_woodbury(self, base: torch.Tensor) -> None:
-        """Factor ``K = T + G G'`` for a factored ``Sigma_tau = F_tau F_tau' + diag(dd)``.
-
-        ``T`` (the diagonals and the kink couplings ``-E`` between periods) is one
-        ``H x H`` tridiagonal matrix per coordinate; its pivots are formed as
-        ``p_tau = a_tau + E_{tau+1}``, ``a_tau = base_tau + E_tau a_{tau-1} / (a_{tau-1} +
-        E_tau)``, sums of positive terms, so huge kink weights never cancel. ``G`` is
-        ``blockdiag(F_tau)`` (rank ``H k``), and the Woodbury identity leaves one
-        ``H k x H k`` capacitance matrix ``I + G' T^{-1} G`` to factor per sample:
-        ``O(n (H k)^2)`` work instead of ``O(H n^3)``.
-        """
-        pb = self.pb
-        B, H, n = pb.B, pb.H, pb.n
-        E = self.E
-        self.base = base
-        a = [base[:, 0]]
-        for tau in range(1, H):
-            e = E[:, tau]
-            a.append(base[:, tau] + e * a[-1] / (a[-1] + e))
-        piv = torch.stack(a, 1)
-        if H > 1:
-            piv[:, :-1] += E[:, 1:]
-        self.piv = piv
-        k = pb.F.shape[-1]
-        Fs = pb.F.expand(B, H, n, k)
-        G = torch.zeros(B, H, n, H, k, dtype=base.dtype, device=base.device)
-        for tau in range(H):
-            G[:, tau, :, tau] = Fs[:, tau]
-        self.G = G.reshape(B, H * n, H * k)
-        self.TG = self._tsolve(self.G)
-        cap = self.G.mT @ self.TG
-        cap.diagonal(dim1=-2, dim2=-1).add_(1.0)
-        self.cap_chol, info = torch.linalg.cholesky_ex(cap)
-        self.failed = (info != 0) | ~torch.isfinite(piv).all(-1).all(-1)
-
-    def _woodbury(self, rhs: torch.Tensor) -> torch.Tensor:
-        u = self._tsolve(rhs)
-        v = torch.cholesky_solve(self.G.mT @ u, self.cap_chol)
-        return u - self.TG @ v
-
-    def _kmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``K x = T x + G G' x`` for ``x`` of shape ``(B, H n, r)`` (factored form)."""
-        pb = self.pb
-        B, H, n = pb.B, pb.H, pb.n
-        xr = x.reshape(B, H, n, -1)
-        y = self.base.unsqueeze(-1) * xr
-        if H > 1:
-            # kink couplings E_tau (w_tau - w_{tau-1}), written as differences
-            c = self.E[:, 1:].unsqueeze(-1) * (xr[:, 1:] - xr[:, :-1])
-            y[:, 1:] += c
-            y[:, :-1] -= c
-        return y.reshape(B, H * n, -1) + self.G @ (self.G.mT @ x)
-
-    def _tsolve(self, rhs: torch.Tensor) -> torch.Tensor:
-        """Solve with the per-coordinate tridiagonal ``T``; ``rhs`` is ``(B, H n, r)``."""
-        pb = self.pb
-        B, H, n = pb.B, pb.H, pb.n
-        piv = self.piv.unsqueeze(-1)
-        if H == 1:
-            return rhs / piv[:, 0]
-        r = rhs.reshape(B, H, n, -1)
-        E = self.E.unsqueeze(-1)
-        y = [r[:, 0]]
-        for tau in range(1, H):
-            y.append(r[:, tau] + E[:, tau] / piv[:, tau - 1] * y[-1])
-        x = [y[-1] / piv[:, -1]]
-        for tau in range(H - 2, -1, -1):
-            x.append((y[tau] + E[:, tau + 1] * x[-1]) / piv[:, tau])
-        return torch.stack(x[::-1], 1).reshape(B, H * n, -1)
-
-    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        """Solve with the block-tridiagonal matrix; ``rhs`` is ``(B, H n, r)``."""
-        pb = self.pb
-        if pb.F is not None:
-            # Woodbury, plus one step of iterative refinement: with kink and bound weights
-            # spanning many orders of magnitude the plain formula loses digits that the
-            # interior point needs near the end (its dual residual stalled at 1e-7).
-            x = self._woodbury(rhs)
-            return x + self._woodbury(rhs - self._kmul(x))
-        x = self._block_solve(rhs)
-        if pb.refine:
-            x = x + self._block_solve(rhs - self._kmul_dense(x))
-        return x
-
-    def _kmul_dense(self, x: torch.Tensor) -> torch.Tensor:
-        """``K x`` with the dense ``Sigma`` (the block-tridiagonal Newton matrix)."""
-        pb = self.pb
-        B, H, n = pb.B, pb.H, pb.n
-        xr = x.reshape(B, H, n, -1)
-        y = (pb.Sig @ xr) * pb.inv_scale[:, None, None, None] + self.diag.unsqueeze(-1) * xr
-        if H > 1:
-            e = self.E[:, 1:].unsqueeze(-1)
-            y[:, 1:] -= e * xr[:, :-1]
-            y[:, :-1] -= e * xr[:, 1:]
-        return y.reshape(B, H * n, -1)
-
-    def _block_solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        pb = self.pb
-        if pb.H == 1:
-            return _tri_solve(self.chols[0], rhs)
-        B, H, n = pb.B, pb.H, pb.n
-        r = rhs.reshape(B, H, n, -1)
-        Z = []
-        for tau in range(H):
-            Y = r[:, tau] if tau == 0 else r[:, tau] + self.E[:, tau].unsqueeze(-1) * Z[-1]
-            Z.append(_tri_solve(self.chols[tau], Y))
-        X = [Z[-1]]
-        for tau in range(H - 2, -1, -1):
-            X.append(Z[tau] + _tri_solve(self.chols[tau], self.E[:, tau + 1].unsqueeze(-1) * X[-1]))
-        return torch.stack(X[::-1], dim=1).reshape(B, H * n, -1)
-
-    def minv(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the inverse of the ``t`` block (diagonal plus rank one in period 1)."""
-        out = self.uinv * x
-        head = out[:, 0]
-        head.addcmul_(self.kappa_col * head.sum(-1, keepdim=True), self.u0, value=-1.0)
-        return out
-
-
 class _State:
     """Iterate of a batch: primal ``w, t``, budget duals ``y``, stacked ``s, z``."""
 
@@ -480,7 +142,7 @@ class _State:
 class _Residuals:
     """Residuals and complementarity of an iterate."""
 
-    def __init__(self, pb: _Problem, st: _State) -> None:
+    def __init__(self, pb: IPMProblem, st: _State) -> None:
         B, H = pb.B, pb.H
         rs = st.s - pb.slack_of(st.w, st.t)
         if pb.dummy:
@@ -509,7 +171,12 @@ class _Residuals:
 
 
 def _direction(
-    pb: _Problem, nt: _Newton, st: _State, res: _Residuals, rc: torch.Tensor, first: bool = False
+    pb: IPMProblem,
+    nt: NewtonSystem,
+    st: _State,
+    res: _Residuals,
+    rc: torch.Tensor,
+    first: bool = False,
 ):
     """Newton direction for the complementarity right-hand side ``rc`` (``(B, m)``).
 
@@ -553,14 +220,14 @@ def _direction(
     return dw, dt, lam[:, :H, 0], ds, dz
 
 
-def _max_step(pb: _Problem, st: _State, ds: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
+def _max_step(pb: IPMProblem, st: _State, ds: torch.Tensor, dz: torch.Tensor) -> torch.Tensor:
     """Largest step in ``[0, 1]`` keeping ``s`` and ``z`` non-negative, ``(B,)``."""
     zd = st.z + pb.zsafe if pb.dummy else st.z
     worst = torch.minimum((ds / st.s).amin(-1), (dz / zd).amin(-1))
     return worst.neg_().clamp_(min=1.0).reciprocal_()
 
 
-def _init_state(pb: _Problem) -> _State:
+def _init_state(pb: IPMProblem) -> _State:
     B, H, n = pb.B, pb.H, pb.n
     like = pb.q
     floor = 1.0 / n
@@ -633,7 +300,7 @@ def ipm_solve(
             diag_max = (factor[0].square().sum(-1) + factor[1]).amax((1, 2))
         scale = torch.maximum(torch.maximum(diag_max, q.abs().amax((1, 2))), gamma)
         scale = scale.clamp(min=torch.finfo(q.dtype).tiny)
-        pb = _Problem(Sig, q, w_prev, gamma, delta, w_max, scale, factor, refine)
+        pb = IPMProblem(Sig, q, w_prev, gamma, delta, w_max, scale, factor, refine)
         if start is None:
             st = _init_state(pb)
             iters = torch.zeros(B, dtype=torch.long, device=q.device)
@@ -671,7 +338,7 @@ class _Output:
 
 
 def _iterate(
-    pb: _Problem, st: _State, scale: torch.Tensor, tol: float, max_iter: int, iters: torch.Tensor
+    pb: IPMProblem, st: _State, scale: torch.Tensor, tol: float, max_iter: int, iters: torch.Tensor
 ) -> IPMResult:
     B = pb.B
     l1mask = pb.l1m
@@ -711,7 +378,7 @@ def _iterate(
             res = _Residuals(pb, st)
             idx, iters, done, failed = idx[keep], iters[keep], done[keep], failed[keep]
             merit = merit[keep]
-        nt = _Newton(pb, st.s, st.z)
+        nt = NewtonSystem(pb, st.s, st.z)
         aff = _direction(pb, nt, st, res, res.comp, first=True)
         a_aff = _max_step(pb, st, aff[3], aff[4]).unsqueeze(-1)
         comp_aff = torch.addcmul(st.s, a_aff, aff[3]) * torch.addcmul(st.z, a_aff, aff[4])
@@ -740,7 +407,7 @@ def _iterate(
         failed = nt.failed & ~done
         iters = iters + ~frozen
     out.write(idx, torch.ones_like(done), st, iters, res, last_conv, prev_s, prev_z)
-    slack, dual = _split(pb, out.st["s"]), _split(pb, out.st["z"])
+    slack, dual = split_groups(pb, out.st["s"]), split_groups(pb, out.st["z"])
     return IPMResult(
         w=out.st["w"],
         t=out.st["t"],
@@ -755,14 +422,6 @@ def _iterate(
         converged=out.conv,
         l1mask=l1mask,
         state=out.st,
-        prev_slack=_split(pb, out.st["s_prev"]),
-        prev_dual=_split(pb, out.st["z_prev"]),
+        prev_slack=split_groups(pb, out.st["s_prev"]),
+        prev_dual=split_groups(pb, out.st["z_prev"]),
     )
-
-
-def _split(pb: _Problem, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Stacked ``(B, m)`` values as a dict of groups ``(B, H, n)`` and ``"d"`` ``(B,)``."""
-    g = pb.groups(x)
-    out = {k: g[:, i] for i, k in enumerate(_GROUPS[: pb.G])}
-    out["d"] = x[:, -1]
-    return out
