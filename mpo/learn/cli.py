@@ -52,9 +52,7 @@ def load_training_market(spec, data: str | None, seed: int | None, adv: float | 
     )
 
 
-def _checkpoint(
-    state_dict, spec, ds, train_split, kind: str, seed: int, history=None, splits=None
-):
+def _checkpoint(state_dict, spec, ds, train_split, kind: str, seed: int, history=None, splits=None):
     from mpo.learn.checkpoint import Checkpoint
 
     return Checkpoint(
@@ -119,9 +117,7 @@ def run_experiment(
     splits = {sp.name: sp.describe() for sp in (train, val, test)}
 
     def save(tr, kind: str) -> None:
-        ck = _checkpoint(
-            tr.model.state_dict(), spec, ds, train, kind, seed, tr.fit.history, splits
-        )
+        ck = _checkpoint(tr.model.state_dict(), spec, ds, train, kind, seed, tr.fit.history, splits)
         save_checkpoint(ck, run_dir / f"{kind}.pt")
 
     dmpo = train_dmpo(spec, ds, train, val, progress=progress, resume=state,
@@ -224,7 +220,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        spec: Annotated[Path, typer.Argument(help="Training spec (TOML), e.g. policies/dmpo.toml.")],
+        spec: Annotated[
+            Path, typer.Argument(help="Training spec (TOML), e.g. policies/dmpo.toml.")
+        ],
         data: Annotated[
             str | None, typer.Option("--data", help="sp20 | synthetic | dow30-2014 | files:DIR.")
         ] = None,

@@ -306,9 +306,7 @@ def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
     start = spec.warmup
     market.require_history(start + spec.window + spec.horizon, "the feature windows")
     values = np.stack([cols[name].to_numpy(dtype=float)[start:] for name in spec.features], -1)
-    return FeaturePanel(
-        values, market.returns.index[start:], market.tickers, tuple(spec.features)
-    )
+    return FeaturePanel(values, market.returns.index[start:], market.tickers, tuple(spec.features))
 
 
 def impact_scale(market: MarketData, spec: FeatureSpec) -> pd.DataFrame:

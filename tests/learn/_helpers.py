@@ -16,7 +16,9 @@ from mpo.learn.dataset import chronological_split, make_dataset
 torch.set_num_threads(1)
 
 
-def tiny_market(n_assets: int = 5, n_periods: int = 300, seed: int = 0, predictability: float = 0.0):
+def tiny_market(
+    n_assets: int = 5, n_periods: int = 300, seed: int = 0, predictability: float = 0.0
+):
     return make_synthetic(
         n_assets=n_assets, n_periods=n_periods, seed=seed, predictability=predictability
     )
