@@ -205,7 +205,7 @@ def test_dmpo_mpo_multipliers_are_tuned_like_mpo(market, checkpoint, tmp_path):
     )
     assert (res.trials["state"] == "COMPLETE").sum() == 2
     assert list(res.table().index) == ["hold", "equal_weight", "dmpo_mpo-untuned", "dmpo_mpo-tuned"]
-    with pytest.raises(TuningError, match="no cvxportfolio multipliers"):
+    with pytest.raises(TuningError, match="tunes delta.*also names"):
         tune(_spec("dmpo_qp", checkpoint), market, storage=str(tmp_path / "s.journal"))
 
 
@@ -257,7 +257,7 @@ def test_dmpo_qp_turnover_limit_is_tuned(market, checkpoint, tmp_path):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     windows = {"train": ("2017-04-13", "2017-08-31"), "test": ("2017-12-14", "2018-06-21")}
-    with pytest.raises(TuningError, match=r"no cvxportfolio multipliers.*tuning.params.delta"):
+    with pytest.raises(TuningError, match=r"tunes delta.*tuning.params.delta"):
         tune(_spec("dmpo_qp", checkpoint), market, storage=str(tmp_path / "a.journal"), **windows)
     spec = _spec(
         "dmpo_qp",
@@ -272,5 +272,5 @@ def test_dmpo_qp_turnover_limit_is_tuned(market, checkpoint, tmp_path):
     w_prev = r.weights[market.tickers] - r.trades[market.tickers]
     traded = (r.weights[market.tickers] - w_prev).abs().sum(axis=1)
     assert (traded <= res.best_params["delta"] + 1e-8).all()
-    with pytest.raises(SpecError, match="needs kind='dmpo_qp'"):
+    with pytest.raises(SpecError, match="not tunable for kind='dmpo_mpo'"):
         _spec("dmpo_mpo", checkpoint, tuning={"params": {"delta": {"low": 0.1, "high": 1}}})

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mpo.config import TUNABLE, PolicySpec
 from mpo.data.market import MarketData
+from mpo.policies import kind_of
 from mpo.tuning.windows import Windows
 
 __all__ = ["TuningJob", "tuned_spec", "with_params"]
@@ -50,11 +51,12 @@ class TuningJob:
 
 
 def with_params(spec: PolicySpec, params: dict, **top) -> PolicySpec:
-    """``spec`` with tuned ``params`` written into their sections (see ``TUNABLE``)."""
+    """``spec`` with tuned ``params`` written into their sections (the kind's ``tunable``)."""
+    tunable = kind_of(spec).tunable
     sections: dict[str, dict] = {}
     for name, value in params.items():
         value = int(value) if name == "planning_horizon" else value
-        sections.setdefault(TUNABLE[name], {})[name] = value
+        sections.setdefault(tunable.get(name) or TUNABLE[name], {})[name] = value
     return spec.with_updates(**sections, **top)
 
 

@@ -23,6 +23,7 @@ from mpo.data.market import MarketData
 from mpo.errors import TuningError
 from mpo.io import atomic_path, package_versions, write_json
 from mpo.metrics import deflated_sharpe_ratio
+from mpo.policies import POLICY_KINDS, kind_of
 from mpo.tuning.job import TuningJob, tuned_spec
 from mpo.tuning.objective import get_objective
 from mpo.tuning.storage import (
@@ -39,10 +40,6 @@ from mpo.tuning.workers import run_workers
 __all__ = ["TuningResult", "best_trial", "trials_frame", "tune"]
 
 logger = logging.getLogger(__name__)
-
-#: Policy kinds with parameters to tune.
-_TUNABLE_KINDS = ("spo", "mpo", "dmpo_mpo", "dmpo_qp")
-
 
 @dataclass
 class TuningResult:
@@ -198,16 +195,20 @@ def best_trial(study: optuna.Study, objective: str, tuning: TuningSpec) -> optun
 
 
 def _check_arguments(spec: PolicySpec, workers: int, n_trials: int) -> None:
-    if spec.kind not in _TUNABLE_KINDS:
+    tunable = kind_of(spec).tunable
+    if not tunable:
         raise TuningError(
-            f"policy {spec.name!r} is kind {spec.kind!r}: only spo, mpo, dmpo_mpo (multipliers) "
-            "and dmpo_qp (turnover limit) policies have parameters to tune."
+            f"policy {spec.name!r} is kind {spec.kind!r}, which has no parameters to tune; kinds "
+            "with tunable parameters: "
+            + ", ".join(n for n, k in POLICY_KINDS.items() if k.tunable)
+            + "."
         )
-    if spec.kind == "dmpo_qp" and set(spec.tuning.params) != {"delta"}:
+    extra = sorted(set(spec.tuning.params) - set(tunable))
+    if extra:
         raise TuningError(
-            f"policy {spec.name!r} (dmpo_qp) executes the trained QP, which has no cvxportfolio "
-            "multipliers; tune its inference turnover limit: [tuning.params.delta] low/high, "
-            f"and no other parameter (got {sorted(spec.tuning.params)})."
+            f"policy {spec.name!r} (kind {spec.kind!r}) tunes {', '.join(tunable)}; "
+            f"[tuning.params] also names {extra}: remove them (a dmpo_qp policy executes the "
+            "trained QP, so only its inference turnover limit, [tuning.params.delta], is tunable)."
         )
     if workers < 1:
         raise TuningError(f"workers must be >= 1, got {workers}.")
