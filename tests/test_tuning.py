@@ -254,7 +254,7 @@ def test_bad_search_space_is_a_spec_error(tuning, message):
 def test_bad_arguments(market, tmp_path):
     spec = tiny_spec()
     kw = {"train": TRAIN, "test": TEST, "progress": False, "storage": _journal(tmp_path)}
-    with pytest.raises(TuningError, match="only spo, mpo, dmpo_mpo"):
+    with pytest.raises(TuningError, match="no parameters to tune; kinds with tunable parameters: spo, mpo"):
         tune(parse_spec(spec_dict("hold")), market, **kw)
     with pytest.raises(TuningError, match="unknown objective 'sortino'"):
         tune(spec, market, objective="sortino", **kw)
