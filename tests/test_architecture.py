@@ -278,3 +278,14 @@ def test_checker_finds_function_level_and_relative_cycles(tmp_path):
     ]
     cycle = a_cycle(graph, {"mpo.cli", "mpo.report", "mpo.report.tables"})
     assert cycle == ["mpo.cli", "mpo.report", "mpo.report.tables", "mpo.cli"]
+
+
+def test_no_module_reaches_600_lines():
+    """Small modules, one responsibility each (STYLE.md 7; issue 13: no module over ~600)."""
+    sizes = {
+        str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+        for p in sorted((ROOT / "mpo").rglob("*.py"))
+    }
+    assert len(sizes) > 40
+    too_long = {name: n for name, n in sizes.items() if n >= 600}
+    assert not too_long, f"split these modules along their responsibilities: {too_long}"
