@@ -9,7 +9,6 @@ from typing import Annotated
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small solves: threads cost ~2.5x on 2 cores
 
-import pandas as pd
 import typer
 
 from mpo.errors import MpoError
@@ -136,9 +135,10 @@ def _run(
     )
     typer.echo(f"backtest: {run.start.date()} to {run.end.date()}\n")
     typer.echo(format_table(run.table()))
-    stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
-    name = "-".join(s.name for s in specs)[:60]
-    run_dir = run.save(out / f"{stamp}-{name}")
+    from mpo.io import new_run_dir
+
+    name = "-".join(s.name for s in specs)[:60].rstrip(".-_")
+    run_dir = run.save(new_run_dir(out, name))
     if report:
         from mpo.report import write_report
 
@@ -179,7 +179,10 @@ def _tune(
     market, _ = _load_market(spec, data, tickers, start, end, adv, seed)
     storage = storage or str(out / "studies.journal")
     study_name = study or f"{spec.name}-{objective or spec.tuning.objective}"
-    typer.echo(f"study: {study_name!r} in {storage} (watch it: optuna-dashboard {storage})")
+    from mpo.tuning.storage import redact
+
+    shown = redact(storage)
+    typer.echo(f"study: {study_name!r} in {shown} (watch it: optuna-dashboard {shown})")
     try:
         result = tune(
             spec,
@@ -198,7 +201,7 @@ def _tune(
         )
     except KeyboardInterrupt:
         typer.secho(
-            f"\ninterrupted: finished trials are kept in {storage} (study {study_name!r}); run "
+            f"\ninterrupted: finished trials are kept in {shown} (study {study_name!r}); run "
             "the same command again to resume.",
             fg=typer.colors.YELLOW,
             err=True,
@@ -223,8 +226,9 @@ def _tune(
     )
     typer.echo(f"\nout of sample, {w.test_start.date()} to {w.test_end.date()}:\n")
     typer.echo(format_table(result.table()))
-    stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = result.save(out / f"{stamp}-tune-{spec.name}", spec_path=spec_path)
+    from mpo.io import new_run_dir
+
+    run_dir = result.save(new_run_dir(out, f"tune-{spec.name}"), spec_path=spec_path)
     typer.echo(
         f"\nresults, trial history and plots written to {run_dir}; best parameters in "
         f"{spec_path.with_suffix('.tuned.json')}"

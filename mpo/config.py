@@ -423,6 +423,13 @@ class PolicySpec(_Strict):
     tuning: TuningSpec = TuningSpec()
     learned: LearnedSpec = LearnedSpec()
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        from mpo.io import check_name
+
+        return check_name(value, "policy name")
+
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, value: str) -> str:

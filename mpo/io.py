@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import tempfile
 from collections.abc import Iterator
 from importlib import metadata
@@ -19,7 +20,15 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["atomic_path", "package_versions", "write_json", "write_parquet"]
+__all__ = [
+    "atomic_path",
+    "check_name",
+    "inside",
+    "new_run_dir",
+    "package_versions",
+    "write_json",
+    "write_parquet",
+]
 
 _PACKAGES = (
     "mpo",
@@ -50,10 +59,73 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _file_mode())  # mkstemp creates 0600; honour the umask instead
         os.replace(tmp_path, target)
         _fsync_directory(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: Characters allowed in names that become path components (policy, study and run names).
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """``name`` if it is safe as one path component, else :class:`~mpo.errors.SpecError`.
+
+    Safe: 1-100 characters of letters, digits, ``.``, ``_`` and ``-``, starting
+    with a letter or digit (no ``/``, no ``..``, not empty, no spaces).
+    """
+    from mpo.errors import SpecError
+
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise SpecError(
+            f"{what} {name!r} cannot name a folder: use 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (no '/', '..' or spaces)."
+        )
+    return name
+
+
+def new_run_dir(parent: str | Path, name: str) -> Path:
+    """Create and return a fresh folder ``parent/<timestamp>-<name>`` (never an existing one).
+
+    Two runs started in the same second get ``...-2``, ``...-3``; the folder is
+    created atomically (``mkdir`` without ``exist_ok``), so concurrent runs never
+    share one. The result is checked to lie inside ``parent``.
+    """
+    import pandas as pd
+
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
+    base = f"{stamp}-{name}"
+    for i in range(1, 10_000):
+        candidate = parent / (base if i == 1 else f"{base}-{i}")
+        inside(candidate, parent)
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise OSError(f"cannot create a new run folder under {parent} for {name!r}")
+
+
+def inside(path: str | Path, root: str | Path) -> Path:
+    """``path`` resolved, if it lies inside ``root``; :class:`~mpo.errors.SpecError` if not."""
+    from mpo.errors import SpecError
+
+    resolved = Path(path).resolve()
+    base = Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise SpecError(f"{str(path)!r} lies outside the output folder {str(root)!r}.")
+    return resolved
 
 
 def _fsync_directory(directory: Path) -> None:

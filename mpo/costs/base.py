@@ -25,9 +25,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
-
 from cvxportfolio.costs import SimulatorCost
+from pydantic import BaseModel, ConfigDict
 
 from mpo.costs.estimates import CostEstimates
 from mpo.registry import Registry

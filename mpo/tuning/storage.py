@@ -98,15 +98,34 @@ def open_storage(storage: str | Path, *, heartbeat: bool = True) -> optuna.stora
     except Exception as exc:  # sqlalchemy errors: unreachable host, bad credentials, bad URL
         raise TuningError(
             f"cannot reach storage {redact(s)!r}: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}. Check that the server is running "
+            f"{scrub(str(exc).splitlines()[0] if str(exc) else '', s)}. Check that the server "
+            "is running "
             "and the URL (host, port, user, password, database) is right; for one machine, omit "
             "--storage to use a local journal file."
         ) from None
 
 
+def scrub(text: str, url: str) -> str:
+    """``text`` (e.g. a driver's error) with ``url``'s password, and its pieces, masked.
+
+    A driver may echo part of a badly parsed URL (``failed to resolve host
+    'rest-of-password@host'``), so every piece of the password between ``@``,
+    ``:`` or ``/`` of 3 or more characters is masked too.
+    """
+    m = re.search(r"://[^:/@]+:([^/]*)@", str(url))
+    if not m or not m.group(1):
+        return text
+    password = m.group(1)
+    pieces = {password, *(p for p in re.split(r"[@:/]", password) if len(p) >= 3)}
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
+
+
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***`` (``user:***@host``)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    # up to the LAST '@' of the authority: a password may itself contain '@'
+    return re.sub(r"(://[^:/@]+):[^/]*@", r"\1:***@", str(url))
 
 
 def count_trials(study: optuna.Study) -> tuple[int, int]:
