@@ -64,8 +64,11 @@ def open_storage(storage: str | Path, *, heartbeat: bool = True) -> optuna.stora
     s = str(storage)
     if "://" not in s:
         path = Path(s.removeprefix("journal:")).expanduser()
+        from mpo.tuning.journal import repair_journal
+
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(path)
             backend = optuna.storages.journal.JournalFileBackend(
                 str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
             )

@@ -41,6 +41,7 @@ __all__ = ["TuningResult", "best_trial", "trials_frame", "tune"]
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class TuningResult:
     """A finished tuning run: the study, the winner and its out-of-sample test."""
