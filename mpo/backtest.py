@@ -85,6 +85,8 @@ class BacktestRun:
     start: pd.Timestamp
     end: pd.Timestamp
     seed: int = 0
+    #: Policies whose backtest failed (infeasible, solver failure, bankrupt): name -> reason.
+    failures: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """One row of metrics per policy, Hold first."""
@@ -117,6 +119,7 @@ class BacktestRun:
                 "data": self.market.describe(),
                 "window": {"start": str(self.start.date()), "end": str(self.end.date())},
                 "seed": self.seed,
+                "failures": self.failures,
                 "versions": package_versions(),
                 "created": pd.Timestamp.now().isoformat(timespec="seconds"),
             },
@@ -301,6 +304,14 @@ def simulate(
             f"policy {name!r} at {when.date()}: {exc} Check [constraints] (e.g. min_weight * n "
             "<= leverage, max_weight * n >= 1 when fully invested)."
         ) from None
+    except cvx.errors.DataError as exc:
+        if "negative portfolio value" not in str(exc):
+            raise
+        when = _failing_date(cal[cal >= start], wrapper.last_t)
+        raise InfeasibleError(
+            f"policy {name!r} went bankrupt at {when.date()}: its portfolio value fell to zero or "
+            "below (check leverage, shorting limits and the data for price spikes)."
+        ) from None
     except (cvx.errors.PortfolioOptimizationError, cp.error.SolverError) as exc:
         when = _failing_date(cal[cal >= start], wrapper.last_t)
         raise SolverError(
@@ -354,6 +365,7 @@ def run_backtests(
     include_hold: bool = True,
     progress: bool = True,
     seed: int = 0,
+    on_failure: str = "raise",
 ) -> BacktestRun:
     """Backtest every spec (and Hold) on ``market`` over the same window.
 
@@ -375,7 +387,13 @@ def run_backtests(
         Show a tqdm bar per policy.
     seed
         Seed of the bootstrap confidence intervals.
+    on_failure
+        ``"raise"``: a policy that fails (infeasible, solver failure,
+        bankrupt) raises its error; ``"record"``: its reason goes to
+        :attr:`BacktestRun.failures` and the other policies run on.
     """
+    if on_failure not in ("raise", "record"):
+        raise SpecError(f"on_failure must be 'raise' or 'record', got {on_failure!r}.")
     if not specs:
         raise SpecError("no policy to backtest: give at least one spec.")
     entries = _as_entries(list(specs))
@@ -392,24 +410,36 @@ def run_backtests(
     h0 = initial_holdings(specs[0], market.tickers, market.cash_key)
     backtest_calendar = cal[first:last]
     results: dict[str, PolicyResult] = {}
+    failures: dict[str, str] = {}
     for spec, user in entries:
         if user is None:
             policy = build_policy(spec, market.tickers, backtest_calendar)
         else:
             policy = user.build(spec, market.tickers, backtest_calendar)
-        results[spec.name] = simulate(
-            policy,
-            spec=spec,
-            market=market,
-            simulator=simulator,
-            start=t0,
-            end=t1,
-            h0=h0,
-            progress=progress,
-        )
+        try:
+            results[spec.name] = simulate(
+                policy,
+                spec=spec,
+                market=market,
+                simulator=simulator,
+                start=t0,
+                end=t1,
+                h0=h0,
+                progress=progress,
+            )
+        except (InfeasibleError, SolverError) as exc:
+            if on_failure == "raise":
+                raise
+            failures[spec.name] = str(exc)
+            logger.error("%s", exc)
+            continue
         ms = 1e3 * results[spec.name].seconds_per_period
         logger.info("%s: %.1f ms per period", spec.name, ms)
-    run = BacktestRun(results=results, market=market, start=t0, end=t1, seed=seed)
+    if not results:
+        raise InfeasibleError("every policy failed: " + "; ".join(failures.values()))
+    run = BacktestRun(
+        results=results, market=market, start=t0, end=t1, seed=seed, failures=failures
+    )
     _add_metrics(run)
     return run
 

@@ -131,8 +131,16 @@ def _run(
     bt_start = backtest_start or (None if custom_data else ref.backtest.start)
     bt_end = backtest_end or (None if custom_data else ref.backtest.end)
     run = run_backtests(
-        specs, market, start=bt_start, end=bt_end, progress=not no_progress, seed=seed
+        specs,
+        market,
+        start=bt_start,
+        end=bt_end,
+        progress=not no_progress,
+        seed=seed,
+        on_failure="record",
     )
+    for name, reason in run.failures.items():
+        typer.secho(f"FAILED {name}: {reason}", fg=typer.colors.RED, err=True)
     typer.echo(f"backtest: {run.start.date()} to {run.end.date()}\n")
     typer.echo(format_table(run.table()))
     from mpo.io import new_run_dir
@@ -146,6 +154,14 @@ def _run(
         typer.echo(f"\nresults and report.html written to {run_dir}")
     else:
         typer.echo(f"\nresults written to {run_dir}")
+    if run.failures:
+        typer.secho(
+            f"{len(run.failures)} policy(ies) failed ({', '.join(run.failures)}); the others' "
+            f"results are saved, the reasons are in {run_dir / 'run.json'}.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=1)
 
 
 def _tune(

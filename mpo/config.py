@@ -68,10 +68,28 @@ class BacktestSpec(_Strict):
     initial_value: Annotated[float, Field(gt=0)] = 1e6
     initial: Literal["equal", "cash"] = "equal"
     solver: str = "CLARABEL"
+    fallback_solver: str | None = Field(
+        default=None,
+        description="Solver tried when `solver` fails at a date (cvxportfolio's fallback).",
+    )
     solver_options: dict[str, float | int | bool | str] = Field(
         default_factory=dict,
         description="Extra keyword arguments for cvxpy's solve (e.g. CLARABEL's tol_gap_rel).",
     )
+
+    @field_validator("solver", "fallback_solver")
+    @classmethod
+    def _installed(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        import cvxpy as cp
+
+        installed = cp.installed_solvers()
+        if value.upper() not in installed:
+            raise ValueError(
+                f"solver {value!r} is not installed; installed solvers: {', '.join(installed)}."
+            )
+        return value.upper()
 
 
 class CostsSpec(_Strict):

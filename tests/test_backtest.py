@@ -14,7 +14,7 @@ import pytest
 from mpo.backtest import reconcile_costs, run_backtests
 from mpo.config import load_spec
 from mpo.data.market import MarketData
-from mpo.errors import DataError, SpecError
+from mpo.errors import DataError, InfeasibleError, SpecError
 
 #: Backtest policy specs (training specs such as dmpo.toml have a [train] table, no kind);
 #: learned ones need a trained checkpoint and are tested in test_learned.py.
@@ -191,3 +191,22 @@ def test_infeasible_constraints_get_specific_error(market, make_spec):
         run_backtests(
             [spec], market, start=market.calendar[100], end=market.calendar[105], progress=False
         )
+
+
+def test_a_failing_policy_is_recorded_and_the_others_run(market, make_spec):
+    """A bankrupt or infeasible policy fails alone: its reason is recorded, the rest is saved."""
+    ok = make_spec("spo", name="ok")
+    bad = make_spec(
+        "spo", name="bad", constraints={"min_weight": 0.2, "max_weight": 0.3, "leverage": 1.0}
+    )  # 8 assets x 0.2 > leverage 1: infeasible
+    window = dict(start=market.calendar[100], end=market.calendar[110], progress=False)
+    with pytest.raises(InfeasibleError, match="policy 'bad' at"):
+        run_backtests([ok, bad], market, **window)
+    run = run_backtests([ok, bad], market, on_failure="record", **window)
+    assert set(run.results) == {"hold", "ok"}
+    assert "policy 'bad' at" in run.failures["bad"]
+
+
+def test_unknown_solver_is_a_spec_error(make_spec):
+    with pytest.raises(SpecError, match="not installed; installed solvers"):
+        make_spec("spo", backtest={"solver": "NOPE"})
