@@ -9,6 +9,7 @@ from typing import Annotated
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small solves: threads cost ~2.5x on 2 cores
 
+import pandas as pd
 import typer
 
 from mpo.errors import MpoError
@@ -123,13 +124,26 @@ def _run(
         specs = [_apply_tuned(s, p) for s, p in zip(specs, spec_paths, strict=True)]
     ref = specs[0]
     market, custom_data = _load_market(ref, data, tickers, start, end, adv, seed)
-    if custom_data:
-        typer.echo(
-            f"note: --data {data} replaces the specs' default data; their backtest window is "
-            "ignored (the backtest starts as soon as every policy has enough history)."
+    bt_start = backtest_start or ref.backtest.start
+    bt_end = backtest_end or ref.backtest.end
+    if custom_data and not backtest_start and not backtest_end:
+        cal = market.calendar
+        inside = (bt_start is None or pd.Timestamp(bt_start) >= cal[0]) and (
+            bt_end is None or pd.Timestamp(bt_end) <= cal[-1]
         )
-    bt_start = backtest_start or (None if custom_data else ref.backtest.start)
-    bt_end = backtest_end or (None if custom_data else ref.backtest.end)
+        if inside:
+            typer.echo(
+                f"note: --data {data} replaces the specs' default data; their backtest window "
+                f"{bt_start or 'start'} to {bt_end or 'end'} is kept (it lies in the data)."
+            )
+        else:
+            typer.echo(
+                f"note: --data {data} replaces the specs' default data and covers "
+                f"{cal[0].date()} to {cal[-1].date()}, outside the "
+                f"specs' backtest window {bt_start} to {bt_end}: the backtest starts as soon as "
+                "every policy has enough history (set --backtest-start/--backtest-end to choose)."
+            )
+            bt_start = bt_end = None
     run = run_backtests(
         specs,
         market,
