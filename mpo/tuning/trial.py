@@ -15,6 +15,7 @@ import time
 import numpy as np
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from mpo.backtest import PolicyResult, hold_spec, initial_holdings, make_simulator, simulate
 from mpo.config import PolicySpec
@@ -181,9 +182,37 @@ class TrialRunner:
         }
         return float(value), attrs
 
+    def _refuse_surplus(self, trial: optuna.Trial) -> None:
+        """Fail ``trial`` unevaluated if earlier trials already fill the study's target.
+
+        Several ``mpo tune`` commands (or workers) on one study each stop at the
+        target, but trials they started at the same moment would overshoot it:
+        a trial whose earlier-numbered finished or running trials already number
+        ``n_trials`` is surplus, recorded as failed with that reason, and its
+        worker stops.
+        """
+        ahead = sum(
+            1
+            for t in trial.study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            )
+            if t.number < trial.number
+        )
+        if ahead >= self.job.n_trials:
+            trial.set_user_attr("surplus", True)
+            try:
+                trial.study.stop()
+            except RuntimeError:  # called outside Study.optimize (a direct call)
+                pass
+            raise TrialFailure(
+                f"surplus: the study already has {ahead} finished or running trials for a target "
+                f"of {self.job.n_trials}"
+            )
+
     def __call__(self, trial: optuna.Trial) -> float:
         """Optuna's objective: suggest, evaluate, record the user attributes."""
         trial.set_user_attr("worker", self.worker)
+        self._refuse_surplus(trial)
         tic = time.perf_counter()
         params = self.suggest(trial)
         try:

@@ -79,8 +79,30 @@ def _load(job: TuningJob, storage, worker: int) -> optuna.Study:
     )
 
 
+def _exit_with_parent(poll: float = 1.0) -> None:
+    """Make this worker process exit soon after its parent dies (even by ``kill -9``).
+
+    A daemon thread polls the parent pid; when the process was re-parented (the
+    parent is gone) it exits at once. The trial it was running stays RUNNING in
+    the storage and is recovered (failed and re-queued) by the next ``mpo tune``.
+    """
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                logger.warning("worker %d: parent %d is gone; exiting", os.getpid(), parent)
+                os._exit(3)
+
+    threading.Thread(target=watch, name="mpo-parent-watch", daemon=True).start()
+
+
 def work(job: TuningJob, worker: int) -> None:
     """Body of one worker (a separate process when ``workers > 1``)."""
+    _exit_with_parent()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _load(job, open_storage(job.storage), worker)
