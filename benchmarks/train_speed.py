@@ -41,9 +41,10 @@ def time_batches(n: int, horizon: int, backend: str, days: int, batches: int) ->
         features={"window": 20},
         encoder={"hidden": 32, "rank": 3, "mu_scale": 1e-2},
         qp={"horizon": horizon, "delta": 0.2, "backend": backend},
+        costs={"half_spread": 1e-3, "impact": 0.0},
         train={"remedy": "none", "batch_size": BATCH},
     )
-    ds = make_dataset(market, spec.feature_spec())
+    ds = make_dataset(market, spec.feature_spec(), spec.cost_model().estimates)
     model = build_dmpo_model(spec.encoder_config(n), spec.qp_options(), seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     step = dmpo_batch_loss(model, ds, spec)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,7 +40,8 @@ from mpo.learn.evaluation import Decide
 from mpo.learn.fitting import Trained, fit
 from mpo.learn.losses import (
     DTYPE,
-    CostParams,
+    PPY,
+    TrainingCosts,
     feasibility_violation,
     net_returns,
     sample_w_prev,
@@ -51,6 +51,7 @@ from mpo.learn.losses import (
 from mpo.learn.model import seeded
 from mpo.learn.options import QPOptions
 from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
+from mpo.metrics import sharpe_ratio
 
 __all__ = [
     "DirectModel",
@@ -280,14 +281,14 @@ def train_direct(
     """Fit the direct-weights network on the same net-return loss as DMPO (hard limit)."""
     enc = spec.encoder_config(ds.n_assets)
     model = seeded(spec.train.seed, lambda: DirectModel(enc, spec.qp.w_max, spec.qp.delta))
-    costs = CostParams.from_spec(spec)
+    costs = TrainingCosts.from_spec(spec)
     t = spec.train
 
     def batch_loss(pos, epoch, gen) -> tuple:
         n, B = ds.n_assets, len(pos)
         w_prev = sample_w_prev(t.w_prev, B, n, spec.qp.w_max, t.w_prev_mix, gen)
         w = model(ds.windows(pos), w_prev, spec.qp.delta)[:, None]
-        r = net_returns(w, w_prev, ds.targets(pos)[:, :1], ds.impact[pos], costs)
+        r = net_returns(w, w_prev, ds.outcomes(pos), costs)
         loss = sharpe_loss(r) if t.loss == "sharpe" else utility_loss(r, t.utility_risk_aversion)
         viol = feasibility_violation(w, w_prev, spec.qp.delta, spec.qp.w_max)
         return loss, {"n": B, "violation": viol}
@@ -297,10 +298,9 @@ def train_direct(
             pos = val.positions
             w_prev = torch.full((len(pos), ds.n_assets), 1.0 / ds.n_assets, dtype=DTYPE)
             w = model(ds.windows(pos), w_prev, spec.qp.delta)[:, None]
-            r = net_returns(w, w_prev, ds.targets(pos)[:, :1], ds.impact[pos], costs)
+            r = net_returns(w, w_prev, ds.outcomes(pos), costs)
             ex = (r - ds.cash[pos]).numpy()
-        sd = ex.std(ddof=1)
-        return float(ex.mean() / sd * math.sqrt(252)) if sd > 0 else 0.0
+        return sharpe_ratio(ex, PPY)
 
     result = fit(
         model, batch_loss, validate, train.positions, spec.train,

@@ -56,8 +56,8 @@ class Checkpoint:
         The model's parameters and buffers.
     encoder_config, feature_config, qp_config : dict
         ``EncoderConfig.to_dict()``, ``FeatureSpec.to_dict()``, ``QPOptions.to_dict()``
-        (plus the run's cost keys); a :class:`~mpo.learn.options.QPOptions` given as
-        ``qp_config`` is stored as its dict.
+        (older files: plus the run's cost keys, ignored); a
+        :class:`~mpo.learn.options.QPOptions` given as ``qp_config`` is stored as its dict.
     tickers : list of str
         Universe, in the order of the model's asset axis.
     train_window : list of str

@@ -60,7 +60,7 @@ def _checkpoint(state_dict, spec, ds, train_split, kind: str, seed: int, history
         state_dict=state_dict,
         encoder_config=spec.encoder_config(ds.n_assets).to_dict(),
         feature_config=ds.spec.to_dict(),
-        qp_config={**spec.qp_options().to_dict(), **spec.costs.model_dump()},
+        qp_config=spec.qp_options().to_dict(),  # the costs are in extra["spec"]["costs"]
         tickers=list(ds.tickers),
         train_window=[str(train_split.start.date()), str(train_split.end.date())],
         fingerprint=ds.fingerprint,
@@ -93,13 +93,13 @@ def run_experiment(
     )
     from mpo.learn.checkpoint import check_compatible, load_checkpoint, save_checkpoint
     from mpo.learn.dataset import chronological_split, make_dataset
-    from mpo.learn.train import CostParams, dmpo_decider, run_sequential, train_dmpo
+    from mpo.learn.train import TrainingCosts, dmpo_decider, run_sequential, train_dmpo
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    ds = make_dataset(market, spec.feature_spec())
+    costs = TrainingCosts.from_spec(spec)
+    ds = make_dataset(market, spec.feature_spec(), costs.model.estimates)
     s = spec.split
     train, val, test = chronological_split(ds, s.val, s.test, s.purge)
-    costs = CostParams.from_spec(spec)
     seed = spec.train.seed
     state = None
     if resume is not None:
@@ -293,8 +293,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(
             f"splits: train {sp['train']['start']}..{sp['train']['end']}, val "
             f"{sp['val']['start']}..{sp['val']['end']}, test {sp['test']['start']}.."
-            f"{sp['test']['end']}; remedy {results['remedy']}, kappa "
-            f"{ts.costs.kappa * 1e4:.1f} bps, delta {ts.qp.delta}\n"
+            f"{sp['test']['end']}; remedy {results['remedy']}, delta {ts.qp.delta}\n"
+            f"costs: {ts.costs.describe()}; impact at a portfolio value of "
+            f"${ts.costs.value:,.0f}\n"
         )
         typer.echo(format_results(results))
         typer.echo(f"\nresults written to {run_dir}")

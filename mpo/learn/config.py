@@ -7,17 +7,29 @@ file and the field, like :mod:`mpo.config`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
-from mpo.config import DataSpec, NonNeg, PositiveInt, _Strict, format_validation_error, read_toml
+from mpo.config import (
+    CostsSpec,
+    DataSpec,
+    NonNeg,
+    PositiveInt,
+    _Strict,
+    format_validation_error,
+    read_toml,
+    resolve_paths,
+)
 from mpo.errors import SpecError
 from mpo.learn.dataset import FEATURES, FeatureSpec
 from mpo.learn.encoders import ENCODERS, EncoderConfig
 from mpo.learn.options import QPOptions
 from mpo.learn.qp.backend import QP_BACKENDS
 from mpo.registry import one_of
+
+if TYPE_CHECKING:
+    from mpo.costs import CostModel
 
 __all__ = [
     "BaselinesSection",
@@ -100,7 +112,8 @@ class QPSection(_Strict):
     horizon: Annotated[int, Field(ge=1, le=20)] = 1
     risk_aversion: Positive = 1.0
     gamma: NonNeg | None = Field(
-        default=None, description="L1 trading weight in the QP; default: costs.kappa."
+        default=None,
+        description="L1 trading weight in the QP; default: the L1 cost rate costs.half_spread.",
     )
     delta: Positive = 0.2
     w_max: Annotated[float, Field(gt=0, le=1)] | None = None
@@ -108,12 +121,49 @@ class QPSection(_Strict):
     backend: BackendName = "fast"
 
 
-class CostsSection(_Strict):
-    """Realised costs charged in training and evaluation."""
+class CostsSection(CostsSpec):
+    """The policy specs' ``[costs]`` (:class:`mpo.config.CostsSpec`) plus the portfolio value.
 
-    kappa: NonNeg = 1e-3
-    impact: NonNeg = Field(default=0.0, description="b of b sigma |z|^1.5 sqrt(v / V).")
-    value: Positive = Field(default=1e6, description="Portfolio value for the impact term.")
+    The same cost terms, estimates and simulator mode a backtest charges
+    (:class:`mpo.costs.CostModel`): training scores decisions with each term's training
+    formula at the ``sigma`` and ``V`` the simulator charges
+    (:class:`~mpo.costs.estimates.CostEstimates`). Training has no value path, so the
+    impact term is charged at the portfolio value ``value``. ``kappa`` (older training
+    specs) is the old name of ``half_spread``: the L1 cost per unit traded. Every enabled
+    term must have a training formula (:meth:`mpo.costs.CostModel.check_trainable`). The
+    defaults are a policy spec's (half spread 0.002, impact ``b = 1``): a training spec
+    without ``[costs]`` trains on what a backtest without ``[costs]`` charges.
+    """
+
+    value: Positive = Field(
+        default=1e6, description="Portfolio value (dollars) at which training charges impact."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kappa_is_half_spread(cls, data):
+        if not isinstance(data, dict) or "kappa" not in data:
+            return data
+        if "half_spread" in data:
+            raise ValueError(
+                "costs.kappa is the old name of costs.half_spread; give one of them, got "
+                f"kappa={data['kappa']!r} and half_spread={data['half_spread']!r}."
+            )
+        out = {k: v for k, v in data.items() if k != "kappa"}
+        out["half_spread"] = data["kappa"]
+        return out
+
+    @model_validator(mode="after")
+    def _trainable(self) -> CostsSection:
+        from mpo.costs import CostModel
+
+        CostModel(terms=self.terms()).check_trainable()  # SpecError (a ValueError)
+        return self
+
+    @property
+    def l1_rate(self) -> float:
+        """The L1 cost per unit traded (the half spread): the QP's default ``gamma``."""
+        return float(self.spread.half_spread)
 
 
 class TrainSection(_Strict):
@@ -196,12 +246,22 @@ class TrainSpec(_Strict):
             diag_scale=e.diag_scale,
         )
 
+    def cost_model(self) -> CostModel:
+        """The :class:`mpo.costs.CostModel` of ``[costs]``: what training and the backtests
+        of this ``[costs]`` section charge (every enabled term has a training formula)."""
+        from mpo.costs import CostModel
+
+        model = CostModel.from_spec(self.costs)
+        model.check_trainable()
+        return model
+
     @property
     def qp_gamma(self) -> float:
-        return self.costs.kappa if self.qp.gamma is None else self.qp.gamma
+        """The QP's L1 trading weight: ``qp.gamma``, by default the L1 cost rate."""
+        return self.costs.l1_rate if self.qp.gamma is None else self.qp.gamma
 
     def qp_options(self) -> QPOptions:
-        """The models' QP options (``gamma`` defaults to ``costs.kappa``; the delta is
+        """The models' QP options (``gamma`` defaults to ``costs.half_spread``; the delta is
         learned under ``remedy = "learned_delta"``)."""
         q = self.qp
         return QPOptions(
@@ -231,6 +291,7 @@ def parse_train_spec(data: dict, source: str = "<dict>") -> TrainSpec:
 
 
 def load_train_spec(path: str | Path) -> TrainSpec:
-    """Load and validate a TOML training spec."""
+    """Load and validate a TOML training spec (file paths inside it are relative to it)."""
     data = read_toml(path, "train spec", "see policies/dmpo.toml")
+    data = resolve_paths(data, Path(path).resolve().parent)  # [costs] sigma / volume files
     return parse_train_spec(data, source=repr(str(path)))

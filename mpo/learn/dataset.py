@@ -10,6 +10,12 @@ realised returns over the planning horizon are ``returns.loc[t], ..., returns.lo
 * :class:`WindowDataset` holds the panel and the realised returns as tensors; the
   window of a decision at position ``t`` is ``features[t-T+1 : t+1]`` of shape
   ``(T, n, F)`` (built on demand, never stored) and its targets ``returns[t : t+H]``.
+* The cost inputs ``sigma`` and ``volume`` of the period starting at ``t`` are what the
+  simulator charges for it (:func:`simulator_cost_inputs`, through
+  :class:`~mpo.costs.estimates.CostEstimates`): by default the period's own dollar
+  volume and an EWM volatility whose window *includes the period's own return*. They
+  score the realised outcome in the loss (:class:`Outcomes`), like the targets, and are
+  never an input of the decision: features stay strictly past (tested).
 * :func:`chronological_split` cuts decision positions into train / validation / test
   with a purge gap between them (default ``T + H - 1`` positions: no training target
   overlaps a later window or target).
@@ -25,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mpo.costs.estimates import CostEstimates
 from mpo.data.market import MarketData
 from mpo.errors import DataError, SpecError
 
@@ -32,11 +39,13 @@ __all__ = [
     "FEATURES",
     "FeaturePanel",
     "FeatureSpec",
+    "Outcomes",
     "Split",
     "WindowDataset",
     "chronological_split",
     "compute_features",
     "make_dataset",
+    "simulator_cost_inputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -58,11 +67,11 @@ class FeatureSpec:
     features : tuple of str
         Subset of :data:`FEATURES`, in order (the last axis of every window).
     vol_span : float
-        EWM span of the volatility feature and of the impact-cost volatility.
+        EWM span of the volatility feature.
     momentum_lookback : int
         Periods of the momentum feature (mean past return times ``sqrt(lookback)``).
     volume_span : float
-        EWM span of the mean dollar volume (volume feature and impact cost).
+        EWM span of the mean log dollar volume of the volume feature.
     return_scale : float
         Returns-like features are multiplied by this (100: percent).
     """
@@ -309,15 +318,48 @@ def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
     return FeaturePanel(values, market.returns.index[start:], market.tickers, tuple(spec.features))
 
 
-def impact_scale(market: MarketData, spec: FeatureSpec) -> pd.DataFrame:
-    """``sigma_t / sqrt(V_t)`` per asset from data before ``t`` (1.5-power impact coefficient).
+def simulator_cost_inputs(
+    market: MarketData, dates: pd.DatetimeIndex, estimates: CostEstimates
+) -> tuple[np.ndarray, np.ndarray]:
+    """``sigma`` and ``V`` ``(D, n)`` the simulator charges for the period starting at each date.
 
-    The impact cost of a trade ``z`` (fraction of a portfolio of value ``v``) is
-    ``b * sigma * |z|^1.5 * sqrt(v / V)`` (mpo's :class:`~mpo.costs.CostModel`).
+    Calls :meth:`CostEstimates.simulator_sigma` and :meth:`~CostEstimates.simulator_volume`
+    with the arguments cvxportfolio's ``MarketSimulator`` hands its costs at ``t``
+    (returns with cash before ``t``, the returns of ``t``, volumes before and of ``t``), so
+    the loss charges what a backtest charges (tested to 1e-12). In ``"realized"`` mode
+    the values of row ``t`` depend on the period ``t`` itself: loss inputs, not features.
     """
-    sigma = _past_ewm(market.returns, spec.vol_span, "std")
-    volume = _past_ewm(market.dollar_volumes, spec.volume_span, "mean")
-    return (sigma / np.sqrt(volume)).fillna(0.0)  # unknown at the very start: not charged
+    returns = market.returns_with_cash()
+    volumes = market.dollar_volumes
+    tickers = returns.columns[:-1]
+    rows = market.calendar.get_indexer(dates)
+    sigma = np.empty((len(dates), len(tickers)))
+    volume = np.empty_like(sigma)
+    for k, (t, i) in enumerate(zip(dates, rows, strict=True)):
+        past_r, past_v = returns.iloc[:i], volumes.iloc[:i]
+        sigma[k] = estimates.simulator_sigma(t, past_r, returns.iloc[i])
+        volume[k] = estimates.simulator_volume(t, past_v, volumes.iloc[i], tickers)
+    return sigma, volume
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """What the planning steps of a batch of decisions realise (the loss's inputs).
+
+    Attributes
+    ----------
+    returns : torch.Tensor
+        ``(b, H, n)`` asset returns of the steps.
+    cash : torch.Tensor
+        ``(b, H)`` cash returns of the same periods.
+    sigma, volume : torch.Tensor
+        ``(b, H, n)`` volatility and dollar volume the simulator charges each period.
+    """
+
+    returns: torch.Tensor
+    cash: torch.Tensor
+    sigma: torch.Tensor
+    volume: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -352,8 +394,9 @@ class WindowDataset:
         ``(D, n)``: ``returns[t]`` is realised from ``dates[t]`` to the next date.
     cash : torch.Tensor
         ``(D,)`` cash return of the same periods.
-    impact : torch.Tensor
-        ``(D, n)`` ``sigma / sqrt(V)`` from data before ``dates[t]``.
+    sigma, volume : torch.Tensor
+        ``(D, n)`` volatility and dollar volume the simulator charges for the period
+        starting at ``dates[t]`` (:func:`simulator_cost_inputs`; realised: not features).
     dates : pd.DatetimeIndex
     tickers : list of str
     spec : FeatureSpec
@@ -364,7 +407,8 @@ class WindowDataset:
     features: torch.Tensor
     returns: torch.Tensor
     cash: torch.Tensor
-    impact: torch.Tensor
+    sigma: torch.Tensor
+    volume: torch.Tensor
     dates: pd.DatetimeIndex
     tickers: list[str]
     spec: FeatureSpec
@@ -394,9 +438,21 @@ class WindowDataset:
         idx = torch.as_tensor(np.asarray(pos), dtype=torch.long)
         return self.returns[idx[:, None] + torch.arange(self.spec.horizon)]
 
+    def outcomes(self, pos: np.ndarray | torch.Tensor) -> Outcomes:
+        """Returns, cash returns and cost inputs ``(b, H, ...)`` of each decision's steps."""
+        idx = torch.as_tensor(np.asarray(pos), dtype=torch.long)
+        rows = idx[:, None] + torch.arange(self.spec.horizon)
+        return Outcomes(self.returns[rows], self.cash[rows], self.sigma[rows], self.volume[rows])
 
-def make_dataset(market: MarketData, spec: FeatureSpec) -> WindowDataset:
-    """Features, realised returns and impact inputs of ``market`` on one calendar.
+
+def make_dataset(
+    market: MarketData, spec: FeatureSpec, estimates: CostEstimates | None = None
+) -> WindowDataset:
+    """Features, realised returns and cost inputs of ``market`` on one calendar.
+
+    ``estimates`` say what the simulator charges for ``sigma`` and ``V`` (a training
+    spec's: ``spec.cost_model().estimates``; default: :class:`CostEstimates`' defaults,
+    those of a policy spec without ``[costs]``).
 
     Raises
     ------
@@ -413,11 +469,13 @@ def make_dataset(market: MarketData, spec: FeatureSpec) -> WindowDataset:
             "needs more. Use a longer history or a shorter window."
         )
     t64 = lambda x: torch.tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
+    sigma, volume = simulator_cost_inputs(market, dates, estimates or CostEstimates())
     return WindowDataset(
         features=t64(panel.values),
         returns=t64(market.returns.loc[dates].to_numpy(dtype=float)),
         cash=t64(market.cash_return.loc[dates].to_numpy(dtype=float)),
-        impact=t64(impact_scale(market, spec).loc[dates].to_numpy(dtype=float)),
+        sigma=t64(sigma),
+        volume=t64(volume),
         dates=dates,
         tickers=list(market.tickers),
         spec=spec,

@@ -13,8 +13,9 @@ import torch
 
 from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import Views
-from mpo.learn.losses import DTYPE, PPY, CostParams, feasibility_violation, net_returns, trade_cost
+from mpo.learn.losses import DTYPE, PPY, TrainingCosts, feasibility_violation, net_returns
 from mpo.learn.model import DMPOModel
+from mpo.metrics import sharpe_ratio
 
 __all__ = ["Decide", "Evaluation", "batched_sharpe", "dmpo_decider", "run_sequential"]
 
@@ -28,7 +29,8 @@ class Evaluation:
     name : str
     dates : pd.DatetimeIndex
     net, gross, cost, turnover, excess : np.ndarray
-        Per period; ``turnover`` is ``||w - w_prev||_1``.
+        Per period; ``cost`` is the cost as a fraction of value before trading
+        (``net = gross - cost (1 + r_cash)``), ``turnover`` is ``||w - w_prev||_1``.
     weights : np.ndarray
         ``(T, n)`` executed weights.
     max_violation : float
@@ -50,8 +52,6 @@ class Evaluation:
 
     def metrics(self) -> dict:
         """Annualised Sharpe (of excess net returns), return, volatility, turnover, cost."""
-        from mpo.metrics import sharpe_ratio
-
         return {
             "sharpe": sharpe_ratio(self.excess, PPY),
             "annual_return": float(self.net.mean() * PPY),
@@ -72,14 +72,16 @@ def run_sequential(
     decide: Decide,
     ds: WindowDataset,
     split: Split,
-    costs: CostParams,
+    costs: TrainingCosts,
     w_max: float | None,
     w0: torch.Tensor | None = None,
 ) -> Evaluation:
     """Run ``decide(k, w_prev) -> (w (n,), delta_used, starved)`` day by day over ``split``.
 
     Starts from equal weight (or ``w0``); after each period the weights drift with the
-    realised returns. Costs are charged on ``w - w_prev``; feasibility of every decision
+    realised returns (``w (1 + y) / (1 + w'y)``: fully invested, costs taken pro rata).
+    Costs are the training costs (:func:`~mpo.learn.losses.net_returns`) on
+    ``w - w_prev`` at the portfolio value ``costs.value``; feasibility of every decision
     is measured against the limit the decision was made under.
     """
     n = ds.n_assets
@@ -95,9 +97,10 @@ def run_sequential(
             starved += int(st)
             y = ds.returns[pos]
             z = w - w_prev
-            c = float(trade_cost(z[None], ds.impact[pos][None], costs)[0])
+            c = float(costs(z[None], ds.sigma[pos][None], ds.volume[pos][None])[0])
             g = float(w @ y)
-            net[k], gross[k], cost[k], turn[k], W[k] = g - c, g, c, float(z.abs().sum()), w
+            net[k] = g - c * (1 + float(ds.cash[pos]))
+            gross[k], cost[k], turn[k], W[k] = g, c, float(z.abs().sum()), w
             w_prev = w * (1 + y) / (1 + g)
     excess = net - ds.cash[split.positions].numpy()
     dates = ds.dates[split.positions]
@@ -126,16 +129,18 @@ def dmpo_decider(model: DMPOModel, ds: WindowDataset, split: Split, chunk: int =
     return decide
 
 
-def batched_sharpe(model: DMPOModel, ds: WindowDataset, split: Split, costs: CostParams) -> float:
-    """Validation score: annualised Sharpe of one-step net returns from equal weight,
-    every decision under the inference (hard) limit; one batched solve."""
+def batched_sharpe(
+    model: DMPOModel, ds: WindowDataset, split: Split, costs: TrainingCosts
+) -> float:
+    """Validation score: annualised Sharpe (:func:`mpo.metrics.sharpe_ratio`, NaN for flat
+    returns) of one-step excess net returns from equal weight, every decision under the
+    inference (hard) limit; one batched solve."""
     model.eval()
     with torch.no_grad():
         pos = split.positions
         n = ds.n_assets
         w_prev = torch.full((len(pos), n), 1.0 / n, dtype=DTYPE)
         w = model(ds.windows(pos), w_prev)
-        r = net_returns(w, w_prev, ds.targets(pos), ds.impact[pos], costs)
+        r = net_returns(w, w_prev, ds.outcomes(pos), costs)
         ex = (r - ds.cash[pos]).numpy()
-    sd = ex.std(ddof=1)
-    return float(ex.mean() / sd * math.sqrt(PPY)) if sd > 0 else 0.0
+    return sharpe_ratio(ex, PPY)

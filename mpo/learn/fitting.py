@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from mpo.learn.config import TrainSection
 
-__all__ = ["BatchLoss", "FitResult", "Trained", "fit"]
+__all__ = ["BatchLoss", "FitResult", "Trained", "beats", "fit"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def fit(
         ``(positions, epoch, generator) -> (loss, stats)``; ``stats`` may hold counts
         ``n``, ``starved``, ``binding`` and a ``violation``.
     validate : callable
-        Returns the validation score (higher is better), evaluated after every epoch.
+        Returns the validation score (higher is better), evaluated after every epoch;
+        NaN (no score) ranks below every number (:func:`beats`) and is logged.
     positions : np.ndarray
         Training decision positions, shuffled each epoch with an owned generator.
     opts : TrainSection
@@ -144,7 +145,13 @@ def fit(
                     sched.step()
                 log["seconds"] = time.perf_counter() - t0
                 history.append(log)
-                if log["val"] > best[1]:
+                if math.isnan(log["val"]):
+                    logger.warning(
+                        "%s epoch %d: the validation score is NaN (e.g. a Sharpe ratio of "
+                        "returns without variance); it ranks below every finite score.",
+                        desc, epoch,
+                    )  # fmt: skip
+                if best[0] is None or beats(log["val"], best[1]):
                     best, bad = (copy.deepcopy(model.state_dict()), log["val"], epoch), 0
                 else:
                     bad += 1
@@ -174,6 +181,13 @@ def fit(
     return result
 
 
+def beats(score: float, best: float) -> bool:
+    """Whether validation ``score`` beats ``best``; NaN ranks below every number."""
+    if math.isnan(score):
+        return False
+    return math.isnan(best) or score > best
+
+
 def _run_epoch(model, batch_loss, positions, opts, opt, gen, epoch) -> dict:
     model.train()
     order = positions[torch.randperm(len(positions), generator=gen).numpy()]
@@ -186,6 +200,10 @@ def _run_epoch(model, batch_loss, positions, opts, opt, gen, epoch) -> dict:
     for pos in batches:
         opt.zero_grad(set_to_none=True)
         loss, stats = batch_loss(pos, epoch, gen)
+        if not bool(torch.isfinite(loss.detach())):
+            logger.warning("epoch %d: non-finite loss on a batch of %d; step skipped.",
+                           epoch, len(pos))  # fmt: skip
+            continue
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), opts.clip)
         opt.step()
@@ -197,7 +215,7 @@ def _run_epoch(model, batch_loss, positions, opts, opt, gen, epoch) -> dict:
     n = max(counts["n"], 1)
     return {
         "epoch": epoch,
-        "loss": float(np.mean(losses)),
+        "loss": float(np.mean(losses)) if losses else float("nan"),
         "starved": counts["starved"] / n,
         "binding": counts["binding"] / n,
         "violation": violation,

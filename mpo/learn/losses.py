@@ -1,15 +1,20 @@
 """Realised net returns, trading costs and the training losses every learned model shares.
 
-Per sample, the executed weights ``w*`` earn the realised net return (seed paper,
-Algorithm 1)::
+Costs are those a backtest charges: the spec's :class:`mpo.costs.CostModel` (every
+registered term's training formula, e.g. ``half_spread |z|`` and
+``b sigma |z|^1.5 / (V / v)^0.5``) at the ``sigma`` and ``V`` the simulator charges for
+the period (:class:`mpo.learn.dataset.Outcomes`). Per sample, the executed weights
+``w*`` (fully invested: no cash) earn, as in cvxportfolio's accounting (costs debited
+from cash, which then earns its return)::
 
-    r_net = w*' y_{t} - kappa ||w* - w_prev||_1 [- b sum_i sigma_i |z_i|^1.5 sqrt(v / V_i)]
+    r_net = w*' y_t - cost(w* - w_prev) (1 + r_cash_t)
 
 (``y_t = returns[t]``, the period after the decision; ``steps="plan"`` averages the
-same over the ``H`` planned steps). The losses are the negative annualised Sharpe ratio
-of a batch's net returns, or the negative mean-variance utility
-``-(mean - lambda/2 var)`` (seed 002). Every decision's feasibility (budget, long-only,
-cap, turnover) is measured by :func:`feasibility_violation`.
+same over the ``H`` planned steps, each charged at its own period's ``sigma``, ``V``).
+The losses are the negative annualised Sharpe ratio of a batch's net returns (the
+convention of :func:`mpo.metrics.sharpe_ratio`), or the negative mean-variance utility
+``-(mean - lambda/2 var)`` (seed 002). Every decision's feasibility (budget,
+long-only, cap, turnover) is measured by :func:`feasibility_violation`.
 """
 
 from __future__ import annotations
@@ -19,17 +24,18 @@ from dataclasses import dataclass
 
 import torch
 
+from mpo.costs import CostModel
 from mpo.learn.config import TrainSpec
+from mpo.learn.dataset import Outcomes
 
 __all__ = [
     "DTYPE",
     "PPY",
-    "CostParams",
+    "TrainingCosts",
     "feasibility_violation",
     "net_returns",
     "sample_w_prev",
     "sharpe_loss",
-    "trade_cost",
     "utility_loss",
 ]
 
@@ -39,52 +45,79 @@ DTYPE = torch.float64
 
 
 @dataclass(frozen=True)
-class CostParams:
-    """Realised trading costs: ``kappa`` per unit of L1 trade, optional 1.5-power impact."""
+class TrainingCosts:
+    """The cost model training charges, and the portfolio value it charges it at.
 
-    kappa: float = 1e-3
-    impact: float = 0.0
+    Parameters
+    ----------
+    model : CostModel
+        The spec's cost model (every enabled term has a training formula).
+    value : float
+        Portfolio value (dollars) before trading, where no value path is known.
+    """
+
+    model: CostModel
     value: float = 1e6
 
     @classmethod
-    def from_spec(cls, spec: TrainSpec) -> CostParams:
-        c = spec.costs
-        return cls(c.kappa, c.impact, c.value)
+    def from_spec(cls, spec: TrainSpec) -> TrainingCosts:
+        """The costs of a training spec's ``[costs]`` (:meth:`TrainSpec.cost_model`)."""
+        return cls(spec.cost_model(), spec.costs.value)
 
+    def __call__(
+        self,
+        z: torch.Tensor,
+        sigma: torch.Tensor,
+        volume: torch.Tensor,
+        value: torch.Tensor | float | None = None,
+    ) -> torch.Tensor:
+        """Cost of trades ``z`` ``(..., n)`` as a fraction of value, shape ``z.shape[:-1]``.
 
-def trade_cost(z: torch.Tensor, impact: torch.Tensor, costs: CostParams) -> torch.Tensor:
-    """Cost of trades ``z`` ``(..., n)`` as a fraction of value; ``impact`` is ``sigma/sqrt(V)``."""
-    cost = costs.kappa * z.abs().sum(-1)
-    if costs.impact > 0:
-        coef = costs.impact * math.sqrt(costs.value) * impact
-        cost = cost + (coef * z.abs().pow(1.5)).sum(-1)
-    return cost
+        ``value`` (scalar or ``z.shape[:-1]``) defaults to :attr:`value`.
+        """
+        v = torch.as_tensor(self.value if value is None else value, dtype=z.dtype)
+        v = v.expand(z.shape[:-1])
+        cost = self.model.training_cost(z, sigma=sigma, volume=volume, value=v)
+        return cost if torch.is_tensor(cost) else z.new_zeros(z.shape[:-1])
 
 
 def net_returns(
     w: torch.Tensor,
     w_prev: torch.Tensor,
-    y: torch.Tensor,
-    impact: torch.Tensor,
-    costs: CostParams,
+    out: Outcomes,
+    costs: TrainingCosts,
     steps: str = "first",
+    value: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     """Realised net returns ``(B,)`` of decisions ``w`` ``(B, H, n)`` from ``w_prev`` ``(B, n)``.
 
-    ``y`` ``(B, H, n)`` are the realised returns of the planning steps; ``"first"`` scores
-    the executed step only, ``"plan"`` the average over the ``H`` planned steps.
+    ``out`` holds the realised returns, cash returns and cost inputs of the planning
+    steps (at least ``H``); ``"first"`` scores the executed step only, ``"plan"`` the
+    average over the ``H`` planned steps. ``value`` (scalar or ``(B,)``): the portfolio
+    value before trading (default ``costs.value``).
     """
     if steps == "first":
         w1 = w[:, 0]
-        return (w1 * y[:, 0]).sum(-1) - trade_cost(w1 - w_prev, impact, costs)
+        c = costs(w1 - w_prev, out.sigma[:, 0], out.volume[:, 0], value)
+        return (w1 * out.returns[:, 0]).sum(-1) - c * (1 + out.cash[:, 0])
+    H = w.shape[1]
     prev = torch.cat([w_prev[:, None], w[:, :-1]], 1)
-    per_step = (w * y).sum(-1) - trade_cost(w - prev, impact[:, None], costs)
+    if torch.is_tensor(value) and value.dim() == 1:
+        value = value[:, None]
+    c = costs(w - prev, out.sigma[:, :H], out.volume[:, :H], value)
+    per_step = (w * out.returns[:, :H]).sum(-1) - c * (1 + out.cash[:, :H])
     return per_step.mean(1)
 
 
 def sharpe_loss(r: torch.Tensor) -> torch.Tensor:
-    """Negative annualised Sharpe ratio of a batch of net returns."""
-    return -r.mean() / (r.std() + 1e-12) * math.sqrt(PPY)
+    """Negative annualised Sharpe ratio of a batch of net returns.
+
+    The convention of :func:`mpo.metrics.sharpe_ratio` (tested equal to 1e-12):
+    ``mean / std * sqrt(252)`` with the ``ddof=1`` standard deviation. A batch with no
+    spread has no Sharpe ratio (non-finite here, NaN there); :func:`mpo.learn.fitting.fit`
+    skips such a step.
+    """
+    return -r.mean() / r.std() * math.sqrt(PPY)
 
 
 def utility_loss(r: torch.Tensor, risk_aversion: float) -> torch.Tensor:

@@ -5,8 +5,8 @@ the objective weights, the hard turnover limit, whether that limit is learned, a
 QP backend by name. A training spec gives it (:meth:`mpo.learn.config.TrainSpec.qp_options`);
 a checkpoint stores it as a plain dict (:meth:`QPOptions.to_dict`) and
 :meth:`QPOptions.from_dict` reads that dict back, including the dicts older versions
-wrote (no ``backend`` / ``learned_delta`` keys; the cost keys ``mpo train`` stores
-beside the QP options).
+wrote (no ``backend`` / ``learned_delta`` keys; the cost keys older ``mpo train``
+versions stored beside the QP options).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from mpo.learn.qp.backend import QP_BACKENDS
 
 __all__ = ["QPOptions"]
 
-#: Keys ``mpo train`` writes into a checkpoint's ``qp_config`` beside the QP options
-#: (the realised-cost parameters of the run); ignored when reading the options.
+#: Keys older ``mpo train`` versions wrote into a checkpoint's ``qp_config`` beside the QP
+#: options (the run's realised-cost parameters; the costs now live in the checkpoint's
+#: ``extra["spec"]["costs"]``); ignored when reading the options.
 CHECKPOINT_COST_KEYS = ("kappa", "impact", "value")
 
 

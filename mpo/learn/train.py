@@ -1,9 +1,10 @@
 """End-to-end DMPO training through the QP layer, and the evaluation every model shares.
 
 Per sample, the encoder's views go through the DMPO QP (:mod:`mpo.learn.qp`) and the
-executed weights ``w*`` earn the realised net return (seed paper, Algorithm 1)::
+executed weights ``w*`` earn the realised net return (seed paper, Algorithm 1), net
+of the costs a backtest of the same ``[costs]`` charges (:mod:`mpo.learn.losses`)::
 
-    r_net = w*' y_{t} - kappa ||w* - w_prev||_1 [- b sum_i sigma_i |z_i|^1.5 sqrt(v / V_i)]
+    r_net = w*' y_{t} - cost(w* - w_prev; sigma_t, V_t, v) (1 + r_cash_t)
 
 (``y_t = returns[t]``, the period after the decision; ``steps="plan"`` averages the
 same over the ``H`` planned steps). The loss is the negative annualised Sharpe ratio of
@@ -51,12 +52,11 @@ from mpo.learn.fitting import BatchLoss, FitResult, Trained, fit
 from mpo.learn.losses import (
     DTYPE,
     PPY,
-    CostParams,
+    TrainingCosts,
     feasibility_violation,
     net_returns,
     sample_w_prev,
     sharpe_loss,
-    trade_cost,
     utility_loss,
 )
 from mpo.learn.model import DMPOModel, build_dmpo_model, seeded
@@ -65,12 +65,12 @@ __all__ = [
     "DTYPE",
     "PPY",
     "BatchLoss",
-    "CostParams",
     "DMPOModel",
     "Decide",
     "Evaluation",
     "FitResult",
     "Trained",
+    "TrainingCosts",
     "batched_sharpe",
     "build_dmpo_model",
     "dmpo_batch_loss",
@@ -82,7 +82,6 @@ __all__ = [
     "sample_w_prev",
     "seeded",
     "sharpe_loss",
-    "trade_cost",
     "train_dmpo",
     "training_limits",
     "utility_loss",
@@ -106,7 +105,7 @@ def training_limits(model: DMPOModel, spec: TrainSpec, epoch: int) -> tuple[Any,
 
 def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> BatchLoss:
     """The DMPO training step's loss on a batch of positions (see module docstring)."""
-    costs = CostParams.from_spec(spec)
+    costs = TrainingCosts.from_spec(spec)
     t = spec.train
 
     def batch_loss(pos: np.ndarray, epoch: int, gen: torch.Generator):
@@ -115,7 +114,7 @@ def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> Bat
         delta, gamma = training_limits(model, spec, epoch)
         delta_b = delta.expand(B) if isinstance(delta, torch.Tensor) else delta
         w, info = model.solve(model.views(ds.windows(pos)), w_prev, delta_b, gamma)
-        r = net_returns(w, w_prev, ds.targets(pos), ds.impact[pos], costs, t.steps)
+        r = net_returns(w, w_prev, ds.outcomes(pos), costs, t.steps)
         loss = sharpe_loss(r) if t.loss == "sharpe" else utility_loss(r, t.utility_risk_aversion)
         stats = {
             "n": B,
@@ -143,7 +142,7 @@ def train_dmpo(
     """Train a DMPO model end to end (early stopping on the batched validation Sharpe)."""
     enc = spec.encoder_config(ds.n_assets)
     model = build_dmpo_model(enc, spec.qp_options(), spec.train.seed)
-    costs = CostParams.from_spec(spec)
+    costs = TrainingCosts.from_spec(spec)
     result = fit(
         model,
         dmpo_batch_loss(model, ds, spec),

@@ -30,7 +30,7 @@ def tiny_spec(**sections) -> TrainSpec:
         "features": {"window": 5, "features": ["returns", "volatility"]},
         "encoder": {"hidden": 8, "rank": 2, "mu_scale": 1e-2},
         "qp": {"delta": 0.3},
-        "costs": {"kappa": 5e-4},
+        "costs": {"half_spread": 5e-4},
         "split": {"val": 0.2, "test": 0.2},
         "train": {"epochs": 2, "batch_size": 32, "max_batches": 3, "patience": 5},
         "baselines": {"two_stage_epochs": 1, "direct_epochs": 1, "lw_lookback": 60},
@@ -42,6 +42,6 @@ def tiny_spec(**sections) -> TrainSpec:
 
 def tiny_data(spec: TrainSpec, market=None):
     market = tiny_market() if market is None else market
-    ds = make_dataset(market, spec.feature_spec())
+    ds = make_dataset(market, spec.feature_spec(), spec.cost_model().estimates)
     s = spec.split
     return ds, chronological_split(ds, s.val, s.test, s.purge)

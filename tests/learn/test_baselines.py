@@ -19,7 +19,7 @@ from mpo.learn.baselines import (
     two_stage_decider,
 )
 from mpo.learn.qp import min_turnover
-from mpo.learn.train import CostParams, run_sequential
+from mpo.learn.train import TrainingCosts, run_sequential
 
 
 def _cvxpy_projection(v, p, delta, u):
@@ -75,7 +75,7 @@ def test_two_stage_and_direct_decisions_are_feasible():
     direct = train_direct(spec, ds, train, val, progress=False)
     assert len(two.fit.history) == 1 and np.isfinite(two.fit.history[0]["loss"])
     assert direct.fit.history[0]["violation"] <= 1e-8
-    costs = CostParams.from_spec(spec)
+    costs = TrainingCosts.from_spec(spec)
     for name, dec in [
         ("two_stage", two_stage_decider(two.model, ds, test, 60)),
         ("direct", direct_decider(direct.model, ds, test)),

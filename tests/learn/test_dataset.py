@@ -60,7 +60,12 @@ def test_no_look_ahead_in_features_windows_and_decisions():
     a, b = make_dataset(market, fs), make_dataset(other, fs)
     upto = np.flatnonzero(a.dates <= cut)
     assert torch.equal(a.features[upto], b.features[upto])
-    assert torch.equal(a.impact[upto], b.impact[upto])
+    # the cost inputs of the period starting at `cut` are realised (they score its outcome,
+    # like the targets); those of earlier periods are unchanged
+    before = upto[:-1]
+    assert torch.equal(a.sigma[before], b.sigma[before])
+    assert torch.equal(a.volume[before], b.volume[before])
+    assert not torch.equal(a.sigma[upto[-1]], b.sigma[upto[-1]])
     assert not torch.equal(a.features, b.features)  # the perturbation does reach later rows
     pos = a.positions[a.positions <= upto[-1]]
     assert torch.equal(a.windows(pos), b.windows(pos))

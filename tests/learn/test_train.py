@@ -10,10 +10,15 @@ import pytest
 import torch
 from _helpers import tiny_data, tiny_market, tiny_spec
 
+from mpo.costs import CostModel
 from mpo.data.synthetic import make_synthetic
+from mpo.errors import SpecError
 from mpo.learn.baselines import equal_weight_decider
+from mpo.learn.config import parse_train_spec
+from mpo.learn.dataset import Outcomes
+from mpo.learn.fitting import beats, fit
 from mpo.learn.train import (
-    CostParams,
+    TrainingCosts,
     build_dmpo_model,
     dmpo_batch_loss,
     dmpo_decider,
@@ -24,6 +29,7 @@ from mpo.learn.train import (
     train_dmpo,
     utility_loss,
 )
+from mpo.metrics import sharpe_ratio
 
 
 def _state_equal(a: dict, b: dict) -> bool:
@@ -38,7 +44,7 @@ def test_every_training_and_inference_decision_is_feasible(remedy):
     assert len(res.fit.history) == 2
     assert max(h["violation"] for h in res.fit.history) <= 1e-8
     ev = run_sequential("dmpo", dmpo_decider(res.model, ds, test), ds, test,
-                        CostParams.from_spec(spec), 0.3)  # fmt: skip
+                        TrainingCosts.from_spec(spec), 0.3)  # fmt: skip
     assert ev.max_violation <= 1e-8
     assert ev.weights.min() >= -1e-8 and ev.weights.max() <= 0.3 + 1e-8
     assert ev.turnover.max() <= 0.1 + 1e-8
@@ -54,7 +60,7 @@ def test_dmpo_learns_the_planted_component():
     spec = tiny_spec(
         features={"window": 5, "features": ["returns"]},
         encoder={"hidden": 16, "rank": 3},
-        costs={"kappa": 2e-4},
+        costs={"half_spread": 2e-4, "impact": 0.0},
         split={"val": 0.15, "test": 0.25},
         train={"epochs": 4, "batch_size": 64, "max_batches": None, "lr": 1e-2, "patience": 8,
                "remedy": "l1_penalty"},
@@ -62,7 +68,7 @@ def test_dmpo_learns_the_planted_component():
     ds, (train, val, test) = tiny_data(spec, market)
     trained = train_dmpo(spec, ds, train, val, progress=False).model
     random = build_dmpo_model(trained.encoder_config, trained.qp_options, spec.train.seed)
-    costs = CostParams.from_spec(spec)
+    costs = TrainingCosts.from_spec(spec)
     sharpe = {
         name: run_sequential(name, dec, ds, test, costs, None).metrics()["sharpe"]
         for name, dec in [
@@ -131,25 +137,65 @@ def test_net_returns_and_losses_match_their_formulas():
     w = torch.tensor(rng.dirichlet(np.ones(n), (B, H)))
     w_prev = torch.tensor(rng.dirichlet(np.ones(n), B))
     y = torch.tensor(rng.normal(0, 0.01, (B, H, n)))
-    imp = torch.tensor(rng.uniform(1e-6, 2e-6, (B, n)))
-    costs = CostParams(kappa=1e-3, impact=0.5, value=1e7)
-    r = net_returns(w, w_prev, y, imp, costs).numpy()
+    cash = torch.tensor(rng.uniform(0, 1e-3, (B, H)))
+    sigma = torch.tensor(rng.uniform(0.005, 0.02, (B, H, n)))
+    volume = torch.tensor(rng.uniform(1e7, 1e8, (B, H, n)))
+    out = Outcomes(y, cash, sigma, volume)
+    costs = TrainingCosts(CostModel(half_spread=1e-3, impact=0.5), value=1e7)
+    r = net_returns(w, w_prev, out, costs).numpy()
     z = (w[:, 0] - w_prev).numpy()
-    expect = (w[:, 0] * y[:, 0]).sum(-1).numpy() - 1e-3 * np.abs(z).sum(-1)
-    expect -= (0.5 * np.sqrt(1e7) * imp.numpy() * np.abs(z) ** 1.5).sum(-1)
+
+    def cost(z, k, b=0.5, value=1e7):
+        value = np.reshape(value, (-1, 1))
+        coef = b * sigma[:, k].numpy() / np.sqrt(volume[:, k].numpy() / value)
+        return 1e-3 * np.abs(z).sum(-1) + (coef * np.abs(z) ** 1.5).sum(-1)
+
+    gross = (w[:, 0] * y[:, 0]).sum(-1).numpy()
+    expect = gross - cost(z, 0) * (1 + cash[:, 0].numpy())
     np.testing.assert_allclose(r, expect, rtol=1e-12)
-    rp = net_returns(w, w_prev, y, imp, CostParams(kappa=1e-3), steps="plan").numpy()
+    # a value per sample (the simulator's value path)
+    values = torch.tensor(rng.uniform(1e6, 1e8, B))
+    rv = net_returns(w, w_prev, out, costs, value=values).numpy()
+    expect_v = gross - cost(z, 0, value=values.numpy()) * (1 + cash[:, 0].numpy())
+    np.testing.assert_allclose(rv, expect_v, rtol=1e-12)
+    # the plan: each step charged at its own period's sigma, V and cash return
+    rp = net_returns(w, w_prev, out, costs, steps="plan").numpy()
     z2 = (w[:, 1] - w[:, 0]).numpy()
-    step2 = (w[:, 1] * y[:, 1]).sum(-1).numpy() - 1e-3 * np.abs(z2).sum(-1)
-    step1 = (w[:, 0] * y[:, 0]).sum(-1).numpy() - 1e-3 * np.abs(z).sum(-1)
-    np.testing.assert_allclose(rp, (step1 + step2) / 2, rtol=1e-12)
+    step2 = (w[:, 1] * y[:, 1]).sum(-1).numpy() - cost(z2, 1) * (1 + cash[:, 1].numpy())
+    np.testing.assert_allclose(rp, (expect + step2) / 2, rtol=1e-12)
     rt = torch.tensor(expect)
-    np.testing.assert_allclose(
-        float(sharpe_loss(rt)), -expect.mean() / expect.std(ddof=1) * np.sqrt(252), rtol=1e-9
-    )
     np.testing.assert_allclose(
         float(utility_loss(rt, 5.0)), -(expect.mean() - 2.5 * expect.var(ddof=1)) * 252
     )
+
+
+def test_sharpe_loss_is_minus_the_reports_sharpe_ratio():
+    """One convention: ``mpo.metrics.sharpe_ratio`` (ddof=1, sqrt(252)) in loss and reports."""
+    for seed in range(3):
+        r = torch.tensor(np.random.default_rng(seed).normal(3e-4, 0.01, 200))
+        np.testing.assert_allclose(
+            -float(sharpe_loss(r)), sharpe_ratio(r.numpy(), 252), rtol=0, atol=1e-12
+        )
+
+
+def test_nan_validation_ranks_below_every_score_and_is_logged(caplog):
+    """A flat validation series has no Sharpe ratio (NaN): never the best epoch."""
+    assert np.isnan(sharpe_ratio(np.zeros(10), 252))
+    assert beats(-5.0, float("nan")) and not beats(float("nan"), -5.0)
+    assert not beats(float("nan"), float("nan")) and beats(1.0, 0.5)
+    model = torch.nn.Linear(2, 1).double()
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    scores = iter([float("nan"), -3.0, float("nan"), -4.0])
+
+    def batch_loss(pos, epoch, gen):
+        return model(x[pos]).pow(2).mean(), {"n": len(pos)}
+
+    spec = tiny_spec(train={"epochs": 4, "patience": 10, "max_batches": None})
+    with caplog.at_level("WARNING", logger="mpo.learn.fitting"):
+        res = fit(model, batch_loss, lambda: next(scores), np.arange(16), spec.train,
+                  progress=False)  # fmt: skip
+    assert res.best_epoch == 1 and res.best_val == -3.0
+    assert sum("validation score is NaN" in m for m in caplog.messages) == 2
 
 
 def test_random_w_prev_respects_the_cap_and_the_generator():
@@ -179,7 +225,25 @@ def test_cvxpylayers_backend_gives_the_fast_solvers_training_gradient():
     assert cosine > 0.9, cosine
 
 
-def test_qp_options_use_kappa_as_default_gamma():
-    spec = tiny_spec(costs={"kappa": 7e-4})
+def test_qp_gamma_defaults_to_the_l1_cost_rate_and_kappa_is_its_old_name():
+    spec = tiny_spec(costs={"half_spread": 7e-4})
     assert spec.qp_options().gamma == 7e-4
     assert spec.with_updates(qp={"gamma": 0.0}).qp_options().gamma == 0.0
+    old = parse_train_spec({"costs": {"kappa": 7e-4}})  # as older specs wrote it
+    assert old.costs.half_spread == 7e-4 and old.qp_options().gamma == 7e-4
+    assert old.costs == parse_train_spec({"costs": {"half_spread": 7e-4}}).costs
+
+
+def test_training_costs_are_the_policy_cost_model():
+    """[costs] of a training spec is a policy spec's, plus the value impact is charged at."""
+    from mpo.config import CostsSpec
+
+    spec = tiny_spec(costs={"half_spread": 3e-4, "impact": 0.7, "sigma_span": 5, "value": 1e7})
+    policy = CostsSpec(half_spread=3e-4, impact=0.7, sigma_span=5)
+    costs = TrainingCosts.from_spec(spec)
+    assert repr(costs.model) == repr(CostModel.from_spec(policy)) and costs.value == 1e7
+    assert costs.model.estimates == policy.estimates()
+    with pytest.raises(SpecError, match="'holding' has no training formula"):
+        tiny_spec(costs={"short_fee": 1.0})
+    with pytest.raises(SpecError, match="kappa is the old name of costs.half_spread"):
+        tiny_spec(costs={"kappa": 1e-3, "half_spread": 1e-3})

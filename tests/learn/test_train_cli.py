@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from mpo.learn.checkpoint import check_compatible, load_checkpoint
 from mpo.learn.cli import register
 from mpo.learn.config import load_train_spec
+from mpo.learn.options import QPOptions
 
 ROOT = Path(__file__).parents[2]
 runner = CliRunner()
@@ -81,6 +82,11 @@ def test_train_prints_the_table_and_writes_the_run_folder(tmp_path):
         assert by_split["test"]["max_violation"] <= 1e-8
     ck = load_checkpoint(run_dir / "dmpo.pt")
     assert ck.tickers == res["data"]["tickers"] and ck.seed == 3
+    # the QP options alone in qp_config; the costs (the policy [costs] + value) in the spec
+    assert set(ck.qp_config) == set(QPOptions().to_dict())
+    assert ck.extra["spec"]["costs"] == res["spec"]["costs"]
+    assert res["spec"]["costs"]["spread"] == {"half_spread": 0.002}  # a policy spec's default
+    assert "impact at a portfolio value of $1,000,000" in result.output
     check_compatible(ck, tickers=res["data"]["tickers"], fingerprint=res["data"]["fingerprint"])
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -96,4 +102,23 @@ def test_bad_spec_field_is_named(tmp_path):
 def test_shipped_spec_loads():
     spec = load_train_spec(ROOT / "policies" / "dmpo.toml")
     assert spec.data.source == "sp20" and spec.data.adv is not None
+    assert spec.costs.half_spread == 0.001 == spec.qp_options().gamma
     assert spec.train.remedy in ("l1_penalty", "larger_delta", "learned_delta", "curriculum")
+
+
+def test_old_kappa_spec_loads_with_the_same_meaning(tmp_path):
+    """``kappa`` (older training specs) is the L1 cost per unit traded: ``half_spread``."""
+    old, new = tmp_path / "old.toml", tmp_path / "new.toml"
+    old.write_text(SPEC + "[costs]\nkappa = 0.001\nimpact = 0.0\n")
+    new.write_text(SPEC + "[costs]\nhalf_spread = 0.001\nimpact = 0.0\n")
+    a, b = load_train_spec(old), load_train_spec(new)
+    assert a == b and a.costs.spread.half_spread == 0.001 and a.costs.impact.b == 0.0
+    assert a.qp_options().gamma == 0.001
+
+
+def test_a_cost_term_without_training_formula_is_a_named_spec_error(tmp_path):
+    spec = tmp_path / "fee.toml"
+    spec.write_text(SPEC + "[costs]\nshort_fee = 1.0\n")
+    result = runner.invoke(_app(), ["train", str(spec), "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "costs" in result.output and "'holding' has no training formula" in result.output
