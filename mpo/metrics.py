@@ -49,7 +49,13 @@ def annualized_volatility(returns: pd.Series, ppy: float) -> float:
 
 
 def sharpe_ratio(excess: np.ndarray, ppy: float) -> float:
-    """Annualised Sharpe ratio of excess returns (NaN if they have no variance)."""
+    """Annualised Sharpe ratio of excess returns (NaN if they have no variance).
+
+    The one Sharpe convention of mpo: mean over the ddof=1 standard deviation,
+    times ``sqrt(ppy)``. Backtests, tuning, reports and training evaluation use
+    this function; the differentiable loss :func:`mpo.learn.losses.sharpe_loss`
+    computes the same quantity in torch (tested equal to 1e-12).
+    """
     excess = np.asarray(excess, dtype=float)
     sd = excess.std(ddof=1)
     return float(excess.mean() / sd * np.sqrt(ppy)) if sd > 0 else float("nan")
