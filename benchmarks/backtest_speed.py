@@ -30,7 +30,7 @@ from pathlib import Path
 import cvxportfolio as cvx
 import pandas as pd
 
-from mpo.backtest import _initial_holdings, run_backtests
+from mpo.backtest import initial_holdings, run_backtests
 from mpo.config import parse_spec
 from mpo.data.sources import load_market_data
 from mpo.io import package_versions, write_json
@@ -87,7 +87,7 @@ def bench(market, label: str, periods: int, horizons: list[int]) -> list[dict]:
         spec = parse_spec(_spec(kind, h))
         cvx_market = market.to_cvxportfolio()
         sim = cvx.MarketSimulator(market_data=cvx_market, costs=cost_model(spec).simulator_costs())
-        h0 = _initial_holdings(spec, market.tickers, market.cash_key)
+        h0 = initial_holdings(spec, market.tickers, market.cash_key)
         bare = _time(
             lambda spec=spec, sim=sim, h0=h0: sim.backtest(
                 build_policy(spec, market.tickers, cal), start_time=t0, end_time=t1, h=h0

@@ -476,7 +476,3 @@ def reconcile_costs(result: PolicyResult) -> pd.Series:
     v = result.value.reindex(result.returns.index)
     charged = result.costs.sum(axis=1) * (1.0 + result.cash_returns) / v
     return (result.gross_returns - result.returns) - charged
-
-
-#: Backwards-compatible alias (benchmarks and tuning used the private name).
-_initial_holdings = initial_holdings

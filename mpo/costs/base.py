@@ -24,7 +24,6 @@ import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-import numpy as np
 from cvxportfolio.costs import SimulatorCost
 from pydantic import BaseModel, ConfigDict
 
@@ -243,6 +242,3 @@ class CostModel:
                     "cannot be trained on it; disable it in the training spec's [costs]."
                 ) from None
 
-
-def _finite_nonneg(value: float) -> bool:
-    return bool(np.isfinite(value) and value >= 0)

@@ -26,20 +26,9 @@ __all__ = [
     "build_policy",
     "constraints_of",
     "cost_model",
-    "forecaster",
     "kind_of",
     "learned_views",
     "required_history",
-    "risk_model",
     "UserPolicy",
 ]
 
-
-def forecaster(spec, views=None):
-    """The returns forecaster of an optimisation spec (compatibility helper)."""
-    return kind_of(spec).forecaster([], None)
-
-
-def risk_model(spec, views=None):
-    """The risk term of an optimisation spec (compatibility helper)."""
-    return kind_of(spec).risk_model([], None)
