@@ -119,6 +119,13 @@ def _run(
     from mpo.backtest import run_backtests
     from mpo.config import load_spec
 
+    for value, option in (
+        (start, "--start"),
+        (end, "--end"),
+        (backtest_start, "--backtest-start"),
+        (backtest_end, "--backtest-end"),
+    ):
+        _date(value, option)
     specs = [load_spec(p) for p in spec_paths]
     if tuned:
         specs = [_apply_tuned(s, p) for s, p in zip(specs, spec_paths, strict=True)]
@@ -205,6 +212,11 @@ def _tune(
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for value, option in ((start, "--start"), (end, "--end")):
+        _date(value, option)
+    for pair, option in ((train, "--train"), (test, "--test")):
+        for value in pair or ():
+            _date(value, option)
     spec = load_spec(spec_path)
     market, _ = _load_market(spec, data, tickers, start, end, adv, seed)
     storage = storage or str(out / "studies.journal")
@@ -266,11 +278,49 @@ def _tune(
 
 
 def _guard(fn, *args) -> None:
+    """Run a command: an input error is one message and exit code 2; a traceback only with -v."""
     try:
         fn(*args)
     except MpoError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
+    except (KeyboardInterrupt, typer.Exit):
+        raise
+    except OSError as exc:  # disk full, read-only folder, missing permission
+        if logging.getLogger().isEnabledFor(logging.INFO):
+            raise
+        typer.secho(
+            f"error: {exc.strerror or exc} ({exc.filename or 'no file name'}); check the path, "
+            "its permissions and the free disk space (-v shows the traceback).",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=2) from None
+    except Exception as exc:
+        if logging.getLogger().isEnabledFor(logging.INFO):
+            raise
+        typer.secho(
+            f"error: {type(exc).__name__}: {exc}. This is not a known input error; run again "
+            "with -v for the traceback and report it.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(code=2) from None
+
+
+def _date(value: str | None, option: str) -> str | None:
+    """``value`` if it reads as a date; :class:`~mpo.errors.SpecError` naming ``option`` if not."""
+    if value is None:
+        return None
+    try:
+        pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        from mpo.errors import SpecError
+
+        raise SpecError(
+            f"{option}: cannot read the date {value!r} ({exc}); use YYYY-MM-DD."
+        ) from None
+    return value
 
 
 @app.callback()

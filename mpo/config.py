@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from mpo.errors import SpecError
+from mpo.validation import refuse_bool_numbers
 
 __all__ = [
     "BacktestSpec",
@@ -43,7 +44,27 @@ NonNeg = Annotated[float, Field(ge=0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors; numbers are finite and never booleans (``true`` is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        return refuse_bool_numbers(cls, data)
+
+
+def _check_date(value: str | None) -> str | None:
+    """A date string that pandas can read (``YYYY-MM-DD``), else ValueError naming it."""
+    if value is None:
+        return value
+    import pandas as pd
+
+    try:
+        pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"cannot read the date {value!r} ({exc}); use YYYY-MM-DD") from None
+    return value
 
 
 class DataSpec(_Strict):
@@ -58,6 +79,8 @@ class DataSpec(_Strict):
         description="Assumed average daily dollar volume per asset, for data without volumes.",
     )
     seed: int = 0
+
+    _dates = field_validator("start", "end")(classmethod(lambda cls, v: _check_date(v)))
 
 
 class BacktestSpec(_Strict):
@@ -76,6 +99,8 @@ class BacktestSpec(_Strict):
         default_factory=dict,
         description="Extra keyword arguments for cvxpy's solve (e.g. CLARABEL's tol_gap_rel).",
     )
+
+    _dates = field_validator("start", "end")(classmethod(lambda cls, v: _check_date(v)))
 
     @field_validator("solver", "fallback_solver")
     @classmethod
@@ -356,6 +381,10 @@ class TuningSpec(_Strict):
     train_end: str | None = None
     test_start: str | None = None
     test_end: str | None = None
+
+    _dates = field_validator("train_start", "train_end", "test_start", "test_end")(
+        classmethod(lambda cls, v: _check_date(v))
+    )
     purge: Annotated[int, Field(ge=0)] | str | None = Field(
         default=None,
         description="Periods between train end and test start, e.g. 600 or '600d'; "

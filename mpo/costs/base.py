@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from cvxportfolio.costs import SimulatorCost
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from mpo.costs.estimates import CostEstimates
 from mpo.registry import Registry
+from mpo.validation import refuse_bool_numbers
 
 __all__ = [
     "COST_TERMS",
@@ -48,9 +49,14 @@ COST_TERMS: Registry[type[CostTerm]] = Registry(
 
 
 class TermParams(BaseModel):
-    """Base of a term's parameters: strict (unknown keys are errors) and frozen."""
+    """Base of a term's parameters: strict (unknown keys are errors), finite and frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        return refuse_bool_numbers(cls, data)
 
 
 class CostTerm:
@@ -241,4 +247,3 @@ class CostModel:
                     f"cost term {term.name!r} has no training formula, so a learned policy "
                     "cannot be trained on it; disable it in the training spec's [costs]."
                 ) from None
-
