@@ -104,3 +104,24 @@ def test_non_finite_or_negative_multipliers(tmp_path, value):
     path.write_text(_toml("objective", "gamma_risk", "inf" if value == math.inf else "-1.0"))
     result = runner.invoke(app, ["backtest", str(path)])
     assert result.exit_code == 2 and "gamma_risk" in result.output
+
+
+def test_semicolon_csv_and_too_many_factors(tmp_path):
+    import pandas as pd
+
+    from mpo.data.bundled import load_sp20
+
+    prices = load_sp20(adv=1e8).prices.iloc[-300:, :3]
+    (tmp_path / "d").mkdir()
+    prices.to_csv(tmp_path / "d" / "prices.csv", sep=";")
+    hold = str(Path(SPO).with_name("hold.toml"))
+    result = runner.invoke(
+        app, ["backtest", hold, "--data", f"files:{tmp_path / 'd'}", "--adv", "1e8"]
+    )
+    assert result.exit_code == 2 and "semicolon-separated" in result.output, result.output
+    spec = tmp_path / "f.toml"
+    spec.write_text('name = "f"\nkind = "spo"\n[data]\nadv = 1e8\n[risk]\nkind = "factor"\n'
+                    "factors = 30\n")  # fmt: skip
+    result = runner.invoke(app, ["backtest", str(spec), "--backtest-start", "2022-06-01"])
+    assert result.exit_code == 2 and "risk.factors = 30" in result.output, result.output
+    assert isinstance(prices, pd.DataFrame)

@@ -100,6 +100,16 @@ def read_wide(path: str | os.PathLike[str]) -> pd.DataFrame:
             frame = pd.read_csv(path, index_col=0, dtype=str, keep_default_na=True)
     except (ValueError, OSError, IndexError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
+    if frame.shape[1] == 0 and path.suffix != ".parquet":
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.readline()
+        for sep, label in ((";", "semicolon"), ("\t", "tab")):
+            if sep in head:
+                raise DataError(
+                    f"{path.name} looks {label}-separated ({head.strip()[:60]!r}); mpo reads "
+                    "comma-separated CSV: convert it, e.g. pd.read_csv(path, sep="
+                    f"{sep!r}).to_csv(path)."
+                )
     if frame.shape[1] == 0 or frame.shape[0] == 0:
         raise DataError(f"{path.name} is empty: expected dates x tickers with at least one row.")
     frame.index = _parse_dates(frame.index, path)

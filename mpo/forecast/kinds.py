@@ -139,6 +139,14 @@ class FactorRiskKind(Kind):
 
     @staticmethod
     def build(section, *, universe, calendar=None, horizon=1):
+        if universe and section.factors >= len(universe):
+            from mpo.errors import SpecError
+
+            raise SpecError(
+                f"risk.factors = {section.factors} is not below the number of assets "
+                f"({len(universe)}): a factor model needs fewer factors than assets; use "
+                f"factors <= {len(universe) - 1}, or kind = 'full'."
+            )
         return cvx.FactorModelCovariance(
             num_factors=section.factors, Sigma=RollingCovariance(section.lookback)
         )
