@@ -64,6 +64,7 @@ def _load_market(ref, data, tickers, start, end, adv, seed):
         end=end or (None if custom_data else ref.data.end),
         adv=adv or ref.data.adv,
         seed=seed,
+        max_jump=ref.data.max_jump or None,
     )
     d = market.describe()
     typer.echo(

@@ -79,6 +79,11 @@ class DataSpec(_Strict):
         description="Assumed average daily dollar volume per asset, for data without volumes.",
     )
     seed: int = 0
+    max_jump: Annotated[float, Field(ge=0)] = Field(
+        default=5.0,
+        description="Price-sanity check: a one-period move by more than this factor that "
+        "reverses is an error (0 disables).",
+    )
 
     _dates = field_validator("start", "end")(classmethod(lambda cls, v: _check_date(v)))
 

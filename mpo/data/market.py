@@ -182,6 +182,37 @@ def forward_fill_gaps(
     return trimmed.ffill()
 
 
+def check_price_spikes(market, factor: float = 5.0) -> None:
+    """Refuse one-period price moves by more than ``factor`` that reverse the next period.
+
+    A jump to ``factor`` times the price (or below ``1 / factor``) followed by a
+    move back of at least half the jump (in log terms) is the signature of a bad
+    tick (e.g. a 1000x spike), not of a market move; it would hand any policy
+    holding the asset an absurd return. :class:`~mpo.errors.DataError` names the
+    first ticker and date; pass ``max_jump = None`` (spec ``[data] max_jump``)
+    to accept such data, or a larger factor.
+    """
+    if not (np.isfinite(factor) and factor > 1):
+        raise DataError(f"max_jump must be a factor > 1, got {factor!r}.")
+    r = market.returns.to_numpy(dtype=float)  # forward returns: row t is p[t+1] / p[t] - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log1p(r)
+    jump = np.abs(lr[:-1]) > np.log(factor)
+    revert = (lr[1:] * lr[:-1] < 0) & (np.abs(lr[1:]) > 0.5 * np.abs(lr[:-1]))
+    bad = jump & revert
+    if not bad.any():
+        return
+    t, i = map(int, np.argwhere(bad)[0])
+    cal = market.calendar
+    ticker = market.tickers[i]
+    raise DataError(
+        f"price spike in {ticker!r}: the price moves x{np.exp(lr[t, i]):.3g} from {cal[t].date()} "
+        f"to {cal[t + 1].date()} and x{np.exp(lr[t + 1, i]):.3g} back the next period "
+        f"({int(bad.sum())} such spike(s) in the data). Fix the prices, or accept them with "
+        "[data] max_jump = <a larger factor> (or max_jump = 0 to disable the check)."
+    )
+
+
 def returns_from_prices(prices: pd.DataFrame) -> pd.DataFrame:
     """Forward returns ``r_t = p_{t+1}/p_t - 1``; the last date (unknown return) is dropped."""
     return (prices.shift(-1) / prices - 1.0).iloc[:-1]

@@ -39,7 +39,7 @@ import pandas as pd
 
 from mpo.data.bundled import load_dow30_2014, load_sp20
 from mpo.data.files import load_files
-from mpo.data.market import MarketData
+from mpo.data.market import MarketData, check_price_spikes
 from mpo.data.synthetic import make_synthetic
 from mpo.data.yahoo import load_yfinance
 from mpo.errors import DataError
@@ -244,6 +244,7 @@ def load_market_data(
     cache_dir: str | os.PathLike[str] | None = None,
     n_assets: int | None = None,
     n_periods: int | None = None,
+    max_jump: float | None = 5.0,
 ) -> MarketData:
     """Load market data by source name, then select ``tickers`` and the dates ``[start, end]``.
 
@@ -265,6 +266,11 @@ def load_market_data(
         For ``synthetic`` (defaults 0, 20 and 1500).
     cache_dir
         For ``yfinance`` (default ``data/cache/yfinance``).
+    max_jump
+        Price-sanity check (:func:`mpo.data.market.check_price_spikes`): a
+        one-period move by more than this factor that reverses the next period
+        is an error naming ticker and date; ``None`` disables it (the spec's
+        ``[data] max_jump``).
 
     Returns
     -------
@@ -301,6 +307,8 @@ def load_market_data(
         data = data.select(list(tickers))
     if start is not None or end is not None:
         data = data.slice(start, end)
+    if max_jump is not None:
+        check_price_spikes(data, max_jump)
     logger.info(
         "loaded %s: %d assets, %s to %s.",
         data.name,

@@ -1,0 +1,50 @@
+"""Price sanity: a bad tick (a spike that reverses) is an error naming ticker and date."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mpo.cli import app
+from mpo.data.bundled import load_sp20
+from mpo.data.market import MarketData, check_price_spikes
+from mpo.data.sources import load_market_data
+from mpo.errors import DataError
+
+HOLD = str(Path(__file__).parents[2] / "policies" / "hold.toml")
+
+
+def _spiked(factor: float = 1000.0):
+    prices = load_sp20(adv=1e8).prices.iloc[-300:, :4].copy()
+    day = prices.index[150]
+    prices.loc[day, "BAC"] *= factor
+    return prices, day
+
+
+def test_a_1000x_spike_names_ticker_and_date():
+    prices, day = _spiked()
+    market = MarketData.from_prices(prices, adv=1e8)
+    with pytest.raises(DataError, match=rf"'BAC'.*{day.date()}"):
+        check_price_spikes(market)
+    check_price_spikes(market, factor=5000.0)  # a larger factor accepts it
+
+
+def test_real_moves_pass_and_bundled_data_is_clean():
+    for name in ("sp20", "dow30-2014"):
+        load_market_data(name, adv=1e8)  # max_jump = 5 by default
+
+
+def test_cli_refuses_the_spike_and_max_jump_overrides(tmp_path):
+    prices, day = _spiked()
+    (tmp_path / "d").mkdir()
+    prices.to_csv(tmp_path / "d" / "prices.csv")
+    args = ["backtest", HOLD, "--data", f"files:{tmp_path / 'd'}", "--adv", "1e8", "--no-report",
+            "--no-progress", "--out", str(tmp_path / "o")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "price spike in 'BAC'" in result.output, result.output
+    spec = tmp_path / "h.toml"
+    spec.write_text('name = "hold"\nkind = "hold"\n[data]\nmax_jump = 0\n')
+    result = CliRunner().invoke(app, [*args[:1], str(spec), *args[2:]])
+    assert result.exit_code == 0, result.output
