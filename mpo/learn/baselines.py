@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -212,9 +212,19 @@ class TwoStageModel(nn.Module):
 
 
 def train_two_stage(
-    spec: TrainSpec, ds: WindowDataset, train: Split, val: Split, *, progress: bool = True
+    spec: TrainSpec,
+    ds: WindowDataset,
+    train: Split,
+    val: Split,
+    *,
+    progress: bool = True,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> Trained:
-    """Fit the encoder's ``mu_hat`` on the MSE of realised returns (early stop on val MSE)."""
+    """Fit the encoder's ``mu_hat`` on the MSE of realised returns (early stop on val MSE).
+
+    ``resume`` and ``checkpoint`` are :func:`~mpo.learn.fitting.fit`'s.
+    """
     enc = spec.encoder_config(ds.n_assets)
     qp = dataclasses.replace(spec.qp_options(), learned_delta=False)
     model = seeded(spec.train.seed, lambda: TwoStageModel(enc, qp))
@@ -233,6 +243,7 @@ def train_two_stage(
     result = fit(
         model, batch_loss, validate, train.positions, spec.train,
         epochs=spec.baselines.two_stage_epochs, desc="two-stage", progress=progress,
+        resume=resume, checkpoint=checkpoint,
     )  # fmt: skip
     return Trained(model, result, "two_stage")
 
@@ -276,9 +287,19 @@ class DirectModel(nn.Module):
 
 
 def train_direct(
-    spec: TrainSpec, ds: WindowDataset, train: Split, val: Split, *, progress: bool = True
+    spec: TrainSpec,
+    ds: WindowDataset,
+    train: Split,
+    val: Split,
+    *,
+    progress: bool = True,
+    resume: dict | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> Trained:
-    """Fit the direct-weights network on the same net-return loss as DMPO (hard limit)."""
+    """Fit the direct-weights network on the same net-return loss as DMPO (hard limit).
+
+    ``resume`` and ``checkpoint`` are :func:`~mpo.learn.fitting.fit`'s.
+    """
     enc = spec.encoder_config(ds.n_assets)
     model = seeded(spec.train.seed, lambda: DirectModel(enc, spec.qp.w_max, spec.qp.delta))
     costs = TrainingCosts.from_spec(spec)
@@ -305,6 +326,7 @@ def train_direct(
     result = fit(
         model, batch_loss, validate, train.positions, spec.train,
         epochs=spec.baselines.direct_epochs, desc="direct", progress=progress,
+        resume=resume, checkpoint=checkpoint,
     )  # fmt: skip
     return Trained(model, result, "direct")
 

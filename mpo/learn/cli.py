@@ -3,8 +3,11 @@
 ``register(app)`` adds the command to the ``mpo`` typer app. The run folder holds
 ``dmpo.pt``, ``two_stage.pt``, ``direct.pt`` (checkpoints), ``results.json`` (metrics,
 histories, spec, seed, data fingerprint, package versions) and ``curves.png`` (loss and
-validation Sharpe per epoch). Ctrl-C during DMPO training writes
-``dmpo-interrupted.pt``; ``--resume`` continues from it.
+validation Sharpe per epoch). Training is durable (:mod:`mpo.learn.progress`): every
+model writes ``<kind>-progress.pt`` at the end of every epoch, so rerunning the same
+command after a kill (or Ctrl-C) resumes from the last completed epoch with the same
+final weights; ``--resume`` names the folder explicitly. ``--run-dir`` over a finished
+run (``results.json``) is refused unless ``--force``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from mpo.errors import MpoError
+from mpo.errors import CheckpointError, MpoError
 
 __all__ = ["register", "run_experiment"]
 
@@ -69,6 +72,67 @@ def _checkpoint(state_dict, spec, ds, train_split, kind: str, seed: int, history
     )
 
 
+def _reused_state(final: Path, kind: str, identity) -> dict | None:
+    """The finished training state in ``final`` (a checkpoint of this run), else ``None``."""
+    from mpo.learn.checkpoint import load_checkpoint
+    from mpo.learn.progress import RunIdentity
+
+    if not final.is_file():
+        return None
+    try:
+        ck = load_checkpoint(final)
+    except MpoError as exc:
+        logger.warning("%s; training %s again.", exc, kind)
+        return None
+    saved = RunIdentity(ck.extra.get("spec", {}), ck.fingerprint, ck.seed)
+    identity.check(saved, final)
+    if ck.training_state is None:
+        logger.warning("%s holds no training state (older mpo); training %s again.", final, kind)
+        return None
+    logger.info("%s already trained (%s): not retrained.", kind, final)
+    return ck.training_state
+
+
+def _legacy_state(path: Path, identity) -> dict | None:
+    """The training state of an interrupt checkpoint (``dmpo-interrupted.pt``, ``--resume``)."""
+    from mpo.learn.checkpoint import load_checkpoint
+    from mpo.learn.progress import RunIdentity
+
+    ck = load_checkpoint(path)
+    identity.check(RunIdentity(ck.extra.get("spec", {}), ck.fingerprint, ck.seed), path)
+    if ck.training_state is None:
+        raise CheckpointError(f"{str(path)!r} holds no training state to resume from.")
+    return ck.training_state
+
+
+def _train_durably(kind: str, spec, run_dir: Path, fingerprint: str, train_fn, to_checkpoint,
+                   legacy: Path | None = None):  # fmt: skip
+    """``train_fn(resume=, checkpoint=)`` with a progress file per epoch; reuse if finished.
+
+    The final checkpoint ``<kind>.pt`` (with the finished training state) is written as
+    soon as training ends and the progress file is then removed.
+    """
+    from mpo.learn.checkpoint import save_checkpoint
+    from mpo.learn.progress import RunIdentity, load_progress, progress_path, save_progress
+
+    identity = RunIdentity(spec.model_dump(), fingerprint, spec.train.seed)
+    final, ppath = run_dir / f"{kind}.pt", progress_path(run_dir, kind)
+    state = reused = _reused_state(final, kind, identity)
+    if state is None:
+        state = load_progress(ppath, kind, identity)
+    if state is None and legacy is not None and legacy.is_file():
+        state = _legacy_state(legacy, identity)
+    tr = train_fn(resume=state, checkpoint=lambda st: save_progress(ppath, kind, identity, st))
+    if tr.fit.interrupted:
+        raise KeyboardInterrupt(str(run_dir))
+    if reused is None:
+        ck = to_checkpoint(tr, kind, spec)
+        ck.training_state = tr.fit.state
+        save_checkpoint(ck, final)
+    ppath.unlink(missing_ok=True)
+    return tr
+
+
 def run_experiment(
     spec,
     market,
@@ -77,11 +141,19 @@ def run_experiment(
     progress: bool = True,
     resume: Path | None = None,
     remedies: tuple[str, ...] = (),
+    force: bool = False,
 ) -> dict:
     """Train DMPO and the baselines, evaluate val/test sequentially, save the run folder.
 
-    Returns the JSON-able results dict (also written to ``run_dir / "results.json"``).
-    ``remedies``: extra DMPO runs with these starvation remedies (the comparison table).
+    Returns the JSON-able results dict (also written to ``run_dir / "results.json"``,
+    last). ``remedies``: extra DMPO runs with these starvation remedies (the comparison
+    table). Durable: every model writes ``<kind>-progress.pt`` at the end of every
+    epoch; rerunning over an interrupted ``run_dir`` resumes each model from its last
+    completed epoch (same final weights) and does not retrain finished ones
+    (``<kind>.pt``); another spec, data or seed is refused naming the field. A
+    finished ``run_dir`` (``results.json``) is refused unless ``force`` (which clears
+    it first). ``resume``: an interrupt checkpoint (``dmpo-interrupted.pt`` of older
+    versions) DMPO starts from when it has no progress file.
     """
     from mpo.io import package_versions, write_json
     from mpo.learn.baselines import (
@@ -91,44 +163,33 @@ def run_experiment(
         train_two_stage,
         two_stage_decider,
     )
-    from mpo.learn.checkpoint import check_compatible, load_checkpoint, save_checkpoint
     from mpo.learn.dataset import chronological_split, make_dataset
+    from mpo.learn.progress import clean_leftovers, prepare_run_dir
     from mpo.learn.train import TrainingCosts, dmpo_decider, run_sequential, train_dmpo
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, force=force)
     costs = TrainingCosts.from_spec(spec)
     ds = make_dataset(market, spec.feature_spec(), costs.model.estimates)
     s = spec.split
     train, val, test = chronological_split(ds, s.val, s.test, s.purge)
     seed = spec.train.seed
-    state = None
-    if resume is not None:
-        ck = load_checkpoint(resume)
-        check_compatible(
-            ck, tickers=ds.tickers, feature_config=ds.spec.to_dict(), fingerprint=ds.fingerprint
-        )
-        state = ck.training_state
-
-    def on_interrupt(st: dict) -> None:
-        ck = _checkpoint(st["model"], spec, ds, train, "dmpo", seed, st["history"])
-        ck.training_state = st
-        save_checkpoint(ck, run_dir / "dmpo-interrupted.pt")
-
     splits = {sp.name: sp.describe() for sp in (train, val, test)}
 
-    def save(tr, kind: str) -> None:
-        ck = _checkpoint(tr.model.state_dict(), spec, ds, train, kind, seed, tr.fit.history, splits)
-        save_checkpoint(ck, run_dir / f"{kind}.pt")
+    def to_checkpoint(tr, kind: str, sp):
+        ck = _checkpoint(tr.model.state_dict(), sp, ds, train, kind.split("-")[0], seed,
+                         tr.fit.history, splits)  # fmt: skip
+        ck.extra["best_epoch"] = tr.fit.best_epoch
+        return ck
 
-    dmpo = train_dmpo(spec, ds, train, val, progress=progress, resume=state,
-                      on_interrupt=on_interrupt)  # fmt: skip
-    if dmpo.fit.interrupted:
-        raise KeyboardInterrupt(str(run_dir / "dmpo-interrupted.pt"))
-    save(dmpo, "dmpo")
-    two = train_two_stage(spec, ds, train, val, progress=progress)
-    direct = train_direct(spec, ds, train, val, progress=progress)
-    if two.fit.interrupted or direct.fit.interrupted:
-        raise KeyboardInterrupt(f"{run_dir / 'dmpo.pt'} (DMPO finished; baselines interrupted)")
+    def durable(kind, sp, fn, legacy=None):
+        return _train_durably(kind, sp, run_dir, ds.fingerprint,
+                              lambda **kw: fn(sp, ds, train, val, progress=progress, **kw),
+                              to_checkpoint, legacy)  # fmt: skip
+
+    legacy = resume if resume is not None else run_dir / "dmpo-interrupted.pt"
+    dmpo = durable("dmpo", spec, train_dmpo, legacy)
+    two = durable("two_stage", spec, train_two_stage)
+    direct = durable("direct", spec, train_direct)
     n, q = ds.n_assets, spec.qp
     deciders = {
         "dmpo": lambda sp: dmpo_decider(dmpo.model, ds, sp),
@@ -141,7 +202,7 @@ def run_experiment(
         if remedy == spec.train.remedy:
             continue
         other = spec.with_updates(train={"remedy": remedy})
-        tr = train_dmpo(other, ds, train, val, progress=progress)
+        tr = durable(f"dmpo-{remedy}", other, train_dmpo)
         extra_runs[remedy] = tr
         deciders[f"dmpo[{remedy}]"] = lambda sp, m=tr.model: dmpo_decider(m, ds, sp)
     metrics = {}
@@ -149,8 +210,6 @@ def run_experiment(
         for split in (val, test):
             ev = run_sequential(name, make(split), ds, split, costs, q.w_max)
             metrics.setdefault(name, {})[split.name] = ev.metrics()
-    save(two, "two_stage")
-    save(direct, "direct")
     histories = {"dmpo": dmpo.fit.history, "two_stage": two.fit.history,
                  "direct": direct.fit.history}  # fmt: skip
     histories.update({f"dmpo[{r}]": tr.fit.history for r, tr in extra_runs.items()})
@@ -166,8 +225,9 @@ def run_experiment(
         "best_epoch": {"dmpo": dmpo.fit.best_epoch},
         "versions": package_versions(),
     }
-    write_json(results, run_dir / "results.json")
     save_curves(histories, run_dir / "curves.png")
+    clean_leftovers(run_dir)
+    write_json(results, run_dir / "results.json")  # last: marks the run finished
     return results
 
 
@@ -215,6 +275,33 @@ def format_results(results: dict) -> str:
     return pd.DataFrame(rows).T.to_string()
 
 
+def _choose_run_dir(ts, market, out: Path, run_dir: Path | None, resume: Path | None,
+                    force: bool) -> tuple[Path, Path | None]:  # fmt: skip
+    """The run folder and the interrupt checkpoint (``--resume FILE``) to start DMPO from.
+
+    ``--run-dir`` wins, then ``--resume`` (a folder, or a file's folder); otherwise the
+    newest unfinished ``OUT/*-train-<name>`` of the same spec, data and seed is resumed
+    (unless ``force``), or a new ``OUT/<stamp>-train-<name>`` is made.
+    """
+    from mpo.learn.progress import RunIdentity, find_unfinished
+
+    legacy = None
+    if resume is not None:
+        if not resume.exists():
+            raise CheckpointError(f"--resume {str(resume)!r} does not exist.")
+        legacy = None if resume.is_dir() or resume.name.endswith("-progress.pt") else resume
+        run_dir = run_dir or (resume if resume.is_dir() else resume.parent)
+    if run_dir is not None:
+        return run_dir, legacy
+    identity = RunIdentity(ts.model_dump(), market.fingerprint(), ts.train.seed)
+    found = None if force else find_unfinished(list(out.glob(f"*-train-{ts.name}")), identity)
+    if found is not None:
+        typer.echo(f"resuming the interrupted run in {found}")
+        return found, None
+    stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
+    return out / f"{stamp}-train-{ts.name}", None
+
+
 def register(app: typer.Typer) -> None:
     """Add ``mpo train`` to ``app``."""
 
@@ -235,8 +322,19 @@ def register(app: typer.Typer) -> None:
             "runs"
         ),
         resume: Annotated[
-            Path | None, typer.Option("--resume", help="dmpo-interrupted.pt to continue from.")
+            Path | None,
+            typer.Option(
+                "--resume",
+                help="Run folder (or a file in it, e.g. dmpo-progress.pt or an older "
+                "dmpo-interrupted.pt) to continue; reruns resume automatically anyway.",
+            ),
         ] = None,
+        force: Annotated[
+            bool,
+            typer.Option(
+                "--force", help="Overwrite a finished run in --run-dir (its files are removed)."
+            ),
+        ] = False,
         compare_remedies: Annotated[
             bool, typer.Option("--compare-remedies", help="Also train every starvation remedy.")
         ] = False,
@@ -274,15 +372,15 @@ def register(app: typer.Typer) -> None:
                 f"({d['periods']} periods), fingerprint {d['fingerprint']}"
             )
             typer.echo(market.volume_note)
-            stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = run_dir_opt or out / f"{stamp}-train-{ts.name}"
+            run_dir, legacy = _choose_run_dir(ts, market, out, run_dir_opt, resume, force)
             results = run_experiment(
-                ts, market, run_dir, progress=not no_progress, resume=resume,
-                remedies=REMEDIES if compare_remedies else (),
+                ts, market, run_dir, progress=not no_progress, resume=legacy,
+                remedies=REMEDIES if compare_remedies else (), force=force,
             )  # fmt: skip
         except KeyboardInterrupt as exc:
             typer.secho(
-                f"interrupted: resumable checkpoint at {exc} (mpo train {spec} --resume {exc})",
+                f"interrupted: every completed epoch is kept in {exc}; rerun the same command "
+                f"(or mpo train {spec} --run-dir {exc}) to resume.",
                 err=True,
             )
             raise typer.Exit(code=130) from None

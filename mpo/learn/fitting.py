@@ -1,8 +1,10 @@
 """The generic seeded training loop every learned model shares (:func:`fit`).
 
 AdamW, gradient-norm clipping, a cosine learning-rate schedule and early stopping on a
-validation score; seeded (every RNG owned or forked) and deterministic on CPU; Ctrl-C
-hands a resumable state to ``on_interrupt``.
+validation score; seeded (every RNG owned or forked) and deterministic on CPU. The
+resumable state (:func:`fit`'s ``FitResult.state``) is handed to ``checkpoint`` at the
+end of every epoch (``mpo train`` writes it to a progress file) and to ``on_interrupt``
+on Ctrl-C; resuming from it gives the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def fit(
     resume: dict | None = None,
     on_interrupt: Callable[[dict], None] | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Generic seeded training loop (AdamW, clipping, cosine LR, early stopping).
 
@@ -102,12 +105,16 @@ def fit(
         ``lr``, ``weight_decay``, ``clip``, ``schedule``, ``patience``, ``batch_size``,
         ``seed``, ``max_batches``; ``epochs`` unless given.
     resume : dict or None
-        A ``FitResult.state`` (or the checkpoint's ``training_state``) to continue from.
+        A ``FitResult.state`` (or the checkpoint's ``training_state``) to continue from;
+        a finished state (last epoch done, or early-stopped) trains no further epoch.
     on_interrupt : callable or None
         Receives the last completed epoch's state when Ctrl-C stops training.
     on_epoch_end : callable or None
         ``(epoch, log)`` hook after each epoch's state is saved (may raise
         ``KeyboardInterrupt``, as tests do).
+    checkpoint : callable or None
+        Receives the resumable state at the end of every epoch, before ``on_epoch_end``
+        (write it durably: a kill at any later point loses no completed epoch).
     """
     epochs = opts.epochs if epochs is None else epochs
     opt = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -134,7 +141,8 @@ def fit(
             bad, start = resume["bad_epochs"], resume["epoch"]
         result = FitResult(history=history)
         result.state = _state(model, opt, sched, gen, start, history, best, bad)
-        bar = tqdm(range(start, epochs), desc=desc, disable=not progress, leave=False)
+        stop = start if bad >= opts.patience else epochs  # an early-stopped state is final
+        bar = tqdm(range(start, stop), desc=desc, disable=not progress, leave=False)
         try:
             for epoch in bar:
                 t0 = time.perf_counter()
@@ -156,6 +164,8 @@ def fit(
                 else:
                     bad += 1
                 result.state = _state(model, opt, sched, gen, epoch + 1, history, best, bad)
+                if checkpoint is not None:
+                    checkpoint(result.state)
                 logger.info(
                     "%s epoch %d: loss %.4f, val %.4f, starved %.1f%%, binding %.1f%%, "
                     "max violation %.1e, %.1fs",

@@ -11,7 +11,7 @@ same over the ``H`` planned steps). The loss is the negative annualised Sharpe r
 a batch's net returns, or the negative mean-variance utility ``-(mean - lambda/2 var)``
 (seed 002). AdamW, gradient-norm clipping, a cosine learning-rate schedule and early
 stopping on validation Sharpe; seeded (every RNG owned or forked) and deterministic on
-CPU; Ctrl-C saves a resumable checkpoint (:func:`fit`).
+CPU; the resumable state is handed on at every epoch's end and on Ctrl-C (:func:`fit`).
 
 Gradient starvation: when the hard turnover limit binds, the active constraints often
 pin ``w_1`` and ``d w_1 / d mu = 0`` exactly (:attr:`mpo.learn.qp.QPInfo.starved`). The
@@ -138,8 +138,12 @@ def train_dmpo(
     resume: dict | None = None,
     on_interrupt: Callable[[dict], None] | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> Trained:
-    """Train a DMPO model end to end (early stopping on the batched validation Sharpe)."""
+    """Train a DMPO model end to end (early stopping on the batched validation Sharpe).
+
+    ``resume``, ``on_interrupt``, ``on_epoch_end`` and ``checkpoint`` are :func:`fit`'s.
+    """
     enc = spec.encoder_config(ds.n_assets)
     model = build_dmpo_model(enc, spec.qp_options(), spec.train.seed)
     costs = TrainingCosts.from_spec(spec)
@@ -155,5 +159,6 @@ def train_dmpo(
         resume=resume,
         on_interrupt=on_interrupt,
         on_epoch_end=on_epoch_end,
+        checkpoint=checkpoint,
     )
     return Trained(model, result, "dmpo")
