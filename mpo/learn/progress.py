@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 PROGRESS_VERSION = 1
 
 #: Files ``mpo train`` writes in a run folder (what ``force`` removes).
-_OURS = re.compile(r"^(dmpo|two_stage|direct)(-[a-z_]+)?(-progress|-interrupted)?\.pt$")
+_OURS = re.compile(r"^(dmpo|two_stage|direct)(-[a-z0-9_]+)?(-progress|-interrupted)?\.pt$")
 _LEFTOVER = re.compile(r"^.+-(progress|interrupted)\.pt$|^\..+\.tmp$")
 
 
