@@ -68,7 +68,9 @@ class Checkpoint:
     versions : dict
         :func:`mpo.io.package_versions` at save time.
     training_state : dict or None
-        Optimiser, scheduler, RNG, history and early-stopping state (resumable runs).
+        Optimiser, scheduler, RNG, history and early-stopping state (resumable runs;
+        ``mpo train``'s final checkpoints keep their finished state too, so that a rerun
+        over an interrupted run folder reuses the model instead of retraining it).
     extra : dict
         Free-form metadata (history, remedy, ...), JSON-like values only.
     """

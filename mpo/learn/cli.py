@@ -356,6 +356,7 @@ def register(app: typer.Typer) -> None:
 
         torch.set_num_threads(1)  # tiny batched solves: threads cost ~10x on 2 cores
 
+        run_dir = None
         try:
             ts = load_train_spec(spec)
             updates = {}
@@ -379,8 +380,9 @@ def register(app: typer.Typer) -> None:
             )  # fmt: skip
         except KeyboardInterrupt as exc:
             typer.secho(
-                f"interrupted: every completed epoch is kept in {exc}; rerun the same command "
-                f"(or mpo train {spec} --run-dir {exc}) to resume.",
+                f"interrupted: every completed epoch is kept in {str(exc) or run_dir}; rerun "
+                f"the same command (or mpo train {spec} --run-dir {str(exc) or run_dir}) to "
+                "resume.",
                 err=True,
             )
             raise typer.Exit(code=130) from None

@@ -288,3 +288,24 @@ def test_finished_models_of_an_interrupted_run_are_not_retrained(
     assert result.exit_code == 0, result.output
     assert calls == []  # no epoch trained
     _assert_same_models(reference, run_dir)
+
+
+def test_ctrl_c_says_how_to_resume_and_resume_names_the_folder(
+    spec_file, reference, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    real = progress_mod.save_progress
+
+    def ctrl_c(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(progress_mod, "save_progress", ctrl_c)
+        result = _train(spec_file, "--run-dir", str(run_dir))
+    assert result.exit_code == 130
+    assert f"kept in {run_dir}" in result.output and "rerun the same command" in result.output
+    resumed = _train(spec_file, "--resume", str(run_dir / "dmpo-progress.pt"))
+    assert resumed.exit_code == 0, resumed.output
+    _assert_clean(run_dir)
+    _assert_same_models(reference, run_dir)
