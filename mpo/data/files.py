@@ -112,6 +112,17 @@ def read_wide(path: str | os.PathLike[str]) -> pd.DataFrame:
                 )
     if frame.shape[1] == 0 or frame.shape[0] == 0:
         raise DataError(f"{path.name} is empty: expected dates x tickers with at least one row.")
+    if path.suffix != ".parquet":  # pandas renames a repeated header 'AAPL' to 'AAPL.1'
+        import csv
+
+        with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+            header = [h.strip() for h in next(csv.reader(fh))[1:]]
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise DataError(
+                f"{path.name} repeats ticker column(s) {repeated}: each ticker must appear once "
+                "(two columns of one ticker would be traded as two assets)."
+            )
     frame.index = _parse_dates(frame.index, path)
     frame.columns = [str(c).strip() for c in frame.columns]
     return _to_numeric(frame, path)

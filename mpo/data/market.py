@@ -182,6 +182,37 @@ def forward_fill_gaps(
     return trimmed.ffill()
 
 
+#: Periods of an unchanged price after which a column is reported as stale.
+STALE_PERIODS = 20
+
+
+def warn_stale_prices(prices: pd.DataFrame, name: str, periods: int = STALE_PERIODS) -> list[str]:
+    """Warn (and return notes) for every ticker whose price stays unchanged ``periods`` or more.
+
+    A constant price is a zero return: a stale or suspended quote that a policy
+    would hold as if it were cash. Each note names the ticker and the dates.
+    """
+    notes = []
+    values = prices.to_numpy(dtype=float)
+    same = np.zeros_like(values, dtype=bool)
+    same[1:] = values[1:] == values[:-1]
+    for j, ticker in enumerate(prices.columns):
+        run = best = end = 0
+        for i, flag in enumerate(same[:, j]):
+            run = run + 1 if flag else 0
+            if run > best:
+                best, end = run, i
+        if best >= periods:
+            first, last = prices.index[end - best], prices.index[end]
+            note = (
+                f"{name}: the price of {ticker!r} is unchanged for {best} periods, "
+                f"{first.date()} to {last.date()} (stale or suspended quote: zero returns)."
+            )
+            logger.warning(note)
+            notes.append(note)
+    return notes
+
+
 def check_price_spikes(market, factor: float = 5.0) -> None:
     """Refuse one-period price moves by more than ``factor`` that reverse the next period.
 

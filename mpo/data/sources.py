@@ -29,6 +29,7 @@ n_assets, n_periods, **kwargs)`` returns a :class:`MarketData` (see
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -39,7 +40,7 @@ import pandas as pd
 
 from mpo.data.bundled import load_dow30_2014, load_sp20
 from mpo.data.files import load_files
-from mpo.data.market import MarketData, check_price_spikes
+from mpo.data.market import MarketData, check_price_spikes, warn_stale_prices
 from mpo.data.synthetic import make_synthetic
 from mpo.data.yahoo import load_yfinance
 from mpo.errors import DataError
@@ -309,6 +310,10 @@ def load_market_data(
         data = data.slice(start, end)
     if max_jump is not None:
         check_price_spikes(data, max_jump)
+    if data.prices is not None:
+        stale = warn_stale_prices(data.prices, data.name)
+        if stale:
+            data = dataclasses.replace(data, notes=(*data.notes, *stale))
     logger.info(
         "loaded %s: %d assets, %s to %s.",
         data.name,

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mpo.cli import app
 from mpo.data.bundled import load_sp20
-from mpo.data.market import MarketData, check_price_spikes
+from mpo.data.market import MarketData, check_price_spikes, warn_stale_prices
 from mpo.data.sources import load_market_data
 from mpo.errors import DataError
 
@@ -48,3 +48,24 @@ def test_cli_refuses_the_spike_and_max_jump_overrides(tmp_path):
     spec.write_text('name = "hold"\nkind = "hold"\n[data]\nmax_jump = 0\n')
     result = CliRunner().invoke(app, [*args[:1], str(spec), *args[2:]])
     assert result.exit_code == 0, result.output
+
+
+def test_a_repeated_ticker_column_in_a_csv_is_an_error(tmp_path):
+    prices = load_sp20(adv=1e8).prices.iloc[-100:, :3]
+    frame = prices.copy()
+    frame.columns = ["AAPL", "AMD", "AAPL"]
+    (tmp_path / "d").mkdir()
+    frame.to_csv(tmp_path / "d" / "prices.csv")
+    with pytest.raises(DataError, match=r"repeats ticker column\(s\) \['AAPL'\]"):
+        load_market_data(f"files:{tmp_path / 'd'}", adv=1e8)
+
+
+def test_a_stale_price_column_is_reported_with_its_dates(caplog):
+    prices = load_sp20(adv=1e8).prices.iloc[-200:, :3].copy()
+    prices.iloc[50:80, 1] = prices.iloc[50, 1]
+    with caplog.at_level("WARNING", logger="mpo.data.market"):
+        notes = warn_stale_prices(prices, "t")
+    ticker = prices.columns[1]
+    assert any(f"{ticker!r} is unchanged for 29 periods" in n for n in notes)
+    assert str(prices.index[50].date()) in caplog.text
+    assert warn_stale_prices(load_sp20(adv=1e8).prices.loc["2016":], "sp20") == []
