@@ -313,14 +313,13 @@ def _date(value: str | None, option: str) -> str | None:
     """``value`` if it reads as a date; :class:`~mpo.errors.SpecError` naming ``option`` if not."""
     if value is None:
         return None
-    try:
-        pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        from mpo.errors import SpecError
+    from mpo.config import check_date
+    from mpo.errors import SpecError
 
-        raise SpecError(
-            f"{option}: cannot read the date {value!r} ({exc}); use YYYY-MM-DD."
-        ) from None
+    try:
+        check_date(value)
+    except ValueError as exc:
+        raise SpecError(f"{option}: {exc}.") from None
     return value
 
 

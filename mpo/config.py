@@ -54,12 +54,16 @@ class _Strict(BaseModel):
         return refuse_bool_numbers(cls, data)
 
 
-def _check_date(value: str | None) -> str | None:
+def check_date(value: str | None) -> str | None:
     """A date string that pandas can read (``YYYY-MM-DD``), else ValueError naming it."""
     if value is None:
         return value
+    import re
+
     import pandas as pd
 
+    if not re.fullmatch(r"\s*\d{4}-\d{1,2}-\d{1,2}([ T][0-9:.+-]*)?\s*", str(value)):
+        raise ValueError(f"cannot read the date {value!r}; use YYYY-MM-DD")
     try:
         pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
@@ -85,7 +89,7 @@ class DataSpec(_Strict):
         "reverses is an error (0 disables).",
     )
 
-    _dates = field_validator("start", "end")(classmethod(lambda cls, v: _check_date(v)))
+    _dates = field_validator("start", "end")(classmethod(lambda cls, v: check_date(v)))
 
 
 class BacktestSpec(_Strict):
@@ -105,7 +109,7 @@ class BacktestSpec(_Strict):
         description="Extra keyword arguments for cvxpy's solve (e.g. CLARABEL's tol_gap_rel).",
     )
 
-    _dates = field_validator("start", "end")(classmethod(lambda cls, v: _check_date(v)))
+    _dates = field_validator("start", "end")(classmethod(lambda cls, v: check_date(v)))
 
     @field_validator("solver", "fallback_solver")
     @classmethod
@@ -388,7 +392,7 @@ class TuningSpec(_Strict):
     test_end: str | None = None
 
     _dates = field_validator("train_start", "train_end", "test_start", "test_end")(
-        classmethod(lambda cls, v: _check_date(v))
+        classmethod(lambda cls, v: check_date(v))
     )
     purge: Annotated[int, Field(ge=0)] | str | None = Field(
         default=None,
