@@ -15,6 +15,7 @@ naming the file, the offending date, ticker or cell, and a fix.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import os
 import warnings
@@ -471,13 +472,35 @@ class _Table:
             )
 
 
+def _read_once(path: str | os.PathLike, what: str, levels: int | None) -> pd.DataFrame:
+    """:func:`read_table`, read once per file version (a copy each call).
+
+    Every policy built from a spec, and every tuning trial, asks for the same
+    files again; the cache key is the file's resolved path, size and mtime, so
+    an edited file is read anew.
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        st = resolved.stat()
+    except OSError:
+        return read_table(path, what=what, levels=levels)  # its error names the file
+    return _read_cached(str(resolved), st.st_mtime_ns, st.st_size, what, levels).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _read_cached(
+    path: str, mtime_ns: int, size: int, what: str, levels: int | None
+) -> pd.DataFrame:
+    return read_table(path, what=what, levels=levels)
+
+
 def _load(source: Source, what: str, levels: int | None, key: str | None = None) -> _Table:
     """Read (or tidy) ``source``; ``key`` names and types a two-level table's second level."""
     where = _name(source)
     if isinstance(source, pd.DataFrame):
         frame = _tidy(source, where=where, what=what, levels=levels)
     else:
-        frame = read_table(source, what=what, levels=levels)
+        frame = _read_once(source, what, levels)
     if key is not None and isinstance(frame.index, pd.MultiIndex):
         keys = frame.index.levels[1]
         if key == "tau" and not pd.api.types.is_integer_dtype(keys.dtype):
