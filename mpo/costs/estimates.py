@@ -64,7 +64,7 @@ def ewm_last(frame: pd.DataFrame | np.ndarray, span: float, kind: str) -> np.nda
     return np.sqrt(biased * total**2 / (total**2 - (weights**2).sum()))
 
 
-def _series_at(source: Any, t, tickers: pd.Index, what: str) -> np.ndarray:
+def _series_at(source: Any, t, tickers: pd.Index) -> np.ndarray:
     """A user file estimate at ``t`` in ``tickers`` order (validated before the run)."""
     values = source.values_in_time(t=t)
     try:
@@ -117,13 +117,13 @@ class CostEstimates:
         """Volatility per asset known at ``t`` (cash column of ``past_returns`` dropped)."""
         assets = past_returns.iloc[:, :-1]
         if self.sigma is not None:
-            return _series_at(self.sigma, t, assets.columns, "sigma")
+            return _series_at(self.sigma, t, assets.columns)
         return np.nan_to_num(ewm_last(assets, self.sigma_span, "std"), nan=0.0)
 
     def planner_volume(self, t, past_volumes: pd.DataFrame, tickers: pd.Index) -> np.ndarray:
         """Dollar volume per asset known at ``t``."""
         if self.volume is not None:
-            return _series_at(self.volume, t, tickers, "volume")
+            return _series_at(self.volume, t, tickers)
         return ewm_last(past_volumes, self.volume_span, "mean")
 
     # ---------------------------------------------------------------- simulator

@@ -68,28 +68,12 @@ class ImpactCost(SimulatorCost):
     what :class:`CostEstimates` says the market charges (realised by default).
     """
 
-    def __init__(
-        self,
-        b: float = 1.0,
-        sigma_span: float = 10.0,
-        volume_span: float = 10.0,
-        *,
-        estimates: CostEstimates | None = None,
-        role: str = "planner",
-    ):
+    def __init__(self, b: float, *, estimates: CostEstimates, role: str = "planner"):
         self.b = float(b)
-        self.estimates = estimates or CostEstimates(sigma_span, volume_span, simulator="estimates")
+        self.estimates = estimates
         self.role = role
         self._multiplier: cp.Parameter | None = None
         super().__init__()
-
-    @property
-    def sigma_span(self) -> float:
-        return self.estimates.sigma_span
-
-    @property
-    def volume_span(self) -> float:
-        return self.estimates.volume_span
 
     def initialize_estimator(self, universe, **kwargs):
         self._multiplier = cp.Parameter(len(universe) - 1, nonneg=True)
@@ -105,12 +89,6 @@ class ImpactCost(SimulatorCost):
         sigma = self.estimates.planner_sigma(t, past_returns)
         volume = self.estimates.planner_volume(t, past_volumes, tickers)
         self._multiplier.value = self._coefficient(sigma, volume, current_portfolio_value)
-
-    def multiplier(self, past_returns, past_volumes, portfolio_value: float) -> np.ndarray:
-        """``b * sigma / (V / v)^0.5`` per asset from the EWM estimates (cash dropped)."""
-        sigma = self.estimates.planner_sigma(None, past_returns)
-        volume = self.estimates.planner_volume(None, past_volumes, past_returns.columns[:-1])
-        return self._coefficient(sigma, volume, portfolio_value)
 
     def _coefficient(self, sigma, volume, value: float) -> np.ndarray:
         # cvxportfolio's TransactionCost evaluates exactly this expression (its 1e-8 guards a
