@@ -25,18 +25,12 @@ from mpo.forecast.classic import (
 )
 from mpo.registry import Registry
 
-__all__ = ["FORECASTS", "RISK_MODELS", "history_of"]
+__all__ = ["FORECASTS", "RISK_MODELS", "Kind"]
 
 #: ``[forecast] kind`` -> builder ``(section) -> forecaster``.
 FORECASTS: Registry = Registry("returns forecast kind", "mpo.forecasts")
 #: ``[risk] kind`` -> builder ``(section, universe) -> cvxportfolio risk term``.
 RISK_MODELS: Registry = Registry("risk model kind", "mpo.risk_models")
-
-
-def history_of(obj) -> int:
-    """Periods of past data an object needs (its ``history()``; 0 if it has none)."""
-    fn = getattr(obj, "history", None)
-    return int(fn()) if callable(fn) else 0
 
 
 def _need(section, field: str, kind: str, what: str) -> Path:
