@@ -285,27 +285,22 @@ def _guard(fn, *args) -> None:
     except MpoError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-    except (KeyboardInterrupt, typer.Exit):
+    except typer.Exit:
         raise
-    except OSError as exc:  # disk full, read-only folder, missing permission
-        if logging.getLogger().isEnabledFor(logging.INFO):
-            raise
-        typer.secho(
-            f"error: {exc.strerror or exc} ({exc.filename or 'no file name'}); check the path, "
-            "its permissions and the free disk space (-v shows the traceback).",
-            fg=typer.colors.RED,
-            err=True,
-        )
-        raise typer.Exit(code=2) from None
     except Exception as exc:
         if logging.getLogger().isEnabledFor(logging.INFO):
             raise
-        typer.secho(
-            f"error: {type(exc).__name__}: {exc}. This is not a known input error; run again "
-            "with -v for the traceback and report it.",
-            fg=typer.colors.RED,
-            err=True,
-        )
+        if isinstance(exc, OSError):  # disk full, read-only folder, missing permission
+            message = (
+                f"{exc.strerror or exc} ({exc.filename or 'no file name'}); check the path, its "
+                "permissions and the free disk space (-v shows the traceback)."
+            )
+        else:
+            message = (
+                f"{type(exc).__name__}: {exc}. This is not a known input error; run again with "
+                "-v for the traceback and report it."
+            )
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
 
 

@@ -298,8 +298,9 @@ def _choose_run_dir(ts, market, out: Path, run_dir: Path | None, resume: Path | 
     if found is not None:
         typer.echo(f"resuming the interrupted run in {found}")
         return found, None
-    stamp = pd.Timestamp.now().strftime("%Y%m%d-%H%M%S")
-    return out / f"{stamp}-train-{ts.name}", None
+    from mpo.io import new_run_dir
+
+    return new_run_dir(out, f"train-{ts.name}"), None
 
 
 def register(app: typer.Typer) -> None:
