@@ -295,27 +295,28 @@ def simulate(
         total=n_periods, desc=f"{name:>14}", disable=not progress, leave=False, unit="period"
     )
     wrapper = _Progress(policy, bar, on_period)
+
+    def at() -> str:  # the date whose decision failed
+        return str(_failing_date(cal[cal >= start], wrapper.last_t).date())
+
     tic = time.perf_counter()
     try:
         res = simulator.backtest(wrapper, start_time=start, end_time=end, h=h0)
     except (cvx.errors.ProgramInfeasible, cvx.errors.ProgramUnbounded) as exc:
-        when = _failing_date(cal[cal >= start], wrapper.last_t)
         raise InfeasibleError(
-            f"policy {name!r} at {when.date()}: {exc} Check [constraints] (e.g. min_weight * n "
+            f"policy {name!r} at {at()}: {exc} Check [constraints] (e.g. min_weight * n "
             "<= leverage, max_weight * n >= 1 when fully invested)."
         ) from None
     except cvx.errors.DataError as exc:
         if "negative portfolio value" not in str(exc):
             raise
-        when = _failing_date(cal[cal >= start], wrapper.last_t)
         raise InfeasibleError(
-            f"policy {name!r} went bankrupt at {when.date()}: its portfolio value fell to zero or "
+            f"policy {name!r} went bankrupt at {at()}: its portfolio value fell to zero or "
             "below (check leverage, shorting limits and the data for price spikes)."
         ) from None
     except (cvx.errors.PortfolioOptimizationError, cp.error.SolverError) as exc:
-        when = _failing_date(cal[cal >= start], wrapper.last_t)
         raise SolverError(
-            f"policy {name!r} at {when.date()}: the solver failed ({type(exc).__name__}: "
+            f"policy {name!r} at {at()}: the solver failed ({type(exc).__name__}: "
             f"{exc}). Try another [backtest] solver, or loosen solver_options tolerances."
         ) from None
     finally:
