@@ -40,9 +40,11 @@ __all__ = [
     "PolicyResult",
     "hold_spec",
     "initial_holdings",
+    "load_result",
     "make_simulator",
     "reconcile_costs",
     "run_backtests",
+    "save_result",
     "simulate",
 ]
 
@@ -96,22 +98,7 @@ class BacktestRun:
         """Write series as parquet and metrics/config/provenance as JSON (atomically)."""
         run_dir = Path(run_dir)
         for name, r in self.results.items():
-            sub = run_dir / name
-            write_parquet(
-                pd.DataFrame(
-                    {
-                        "net_return": r.returns,
-                        "gross_return": r.gross_returns,
-                        "cash_return": r.cash_returns,
-                        "value": r.value.reindex(r.returns.index),
-                        "turnover": r.turnover.reindex(r.returns.index),
-                    }
-                ),
-                sub / "returns.parquet",
-            )
-            write_parquet(r.weights, sub / "weights.parquet")
-            write_parquet(r.trades, sub / "trades.parquet")
-            write_parquet(r.costs, sub / "costs.parquet")
+            save_result(r, run_dir / name)
         write_json(
             {
                 "metrics": self.table().to_dict(orient="index"),
@@ -127,6 +114,51 @@ class BacktestRun:
         )
         logger.info("saved run to %s", run_dir)
         return run_dir
+
+
+def save_result(r: PolicyResult, folder: str | Path) -> Path:
+    """One policy's series as parquet files in ``folder`` (the layout of a run folder).
+
+    ``returns.parquet`` (net, gross and cash returns, value, turnover),
+    ``weights``, ``trades`` and ``costs`` (dollars per cost term); each
+    written atomically. :func:`load_result` reads them back.
+    """
+    folder = Path(folder)
+    write_parquet(
+        pd.DataFrame(
+            {
+                "net_return": r.returns,
+                "gross_return": r.gross_returns,
+                "cash_return": r.cash_returns,
+                "value": r.value.reindex(r.returns.index),
+                "turnover": r.turnover.reindex(r.returns.index),
+            }
+        ),
+        folder / "returns.parquet",
+    )
+    write_parquet(r.weights, folder / "weights.parquet")
+    write_parquet(r.trades, folder / "trades.parquet")
+    write_parquet(r.costs, folder / "costs.parquet")
+    return folder
+
+
+def load_result(folder: str | Path, spec: PolicySpec, name: str | None = None) -> PolicyResult:
+    """The :class:`PolicyResult` :func:`save_result` wrote to ``folder`` (no metrics)."""
+    folder = Path(folder)
+    frame = pd.read_parquet(folder / "returns.parquet")
+    return PolicyResult(
+        name=name or spec.name,
+        spec=spec,
+        returns=frame["net_return"].rename(None),
+        gross_returns=frame["gross_return"].rename(None),
+        cash_returns=frame["cash_return"].rename(None),
+        value=frame["value"].rename(None),
+        weights=pd.read_parquet(folder / "weights.parquet"),
+        trades=pd.read_parquet(folder / "trades.parquet"),
+        costs=pd.read_parquet(folder / "costs.parquet"),
+        turnover=frame["turnover"].rename(None),
+        seconds_per_period=float("nan"),
+    )
 
 
 class _Progress(cvx.policies.Policy):
@@ -445,13 +477,17 @@ def run_backtests(
     return run
 
 
+def result_metrics(r: PolicyResult, seed: int = 0) -> dict:
+    """The metrics row of one result: :func:`mpo.metrics.summary` and the Sharpe CI."""
+    ppy = periods_per_year(r.returns.index)
+    m = summary(r.returns, r.cash_returns, r.turnover, r.costs, r.value, ppy)
+    m["sharpe_ci_low"], m["sharpe_ci_high"] = bootstrap_sharpe_ci(_excess(r), ppy, seed=seed)
+    return m
+
+
 def _add_metrics(run: BacktestRun) -> None:
     for r in run.results.values():
-        ppy = periods_per_year(r.returns.index)
-        m = summary(r.returns, r.cash_returns, r.turnover, r.costs, r.value, ppy)
-        m["sharpe_ci_low"], m["sharpe_ci_high"] = bootstrap_sharpe_ci(
-            _excess(r), ppy, seed=run.seed
-        )
+        m = result_metrics(r, run.seed)
         m["ms_per_period"] = 1e3 * r.seconds_per_period
         r.metrics = m
     ref = next((r for r in run.results.values() if kind_of(r.spec).is_reference), None)

@@ -475,13 +475,15 @@ def tune(
     )
 
 
-def _register_learn() -> None:
-    from mpo.learn.cli import register
+def _register_commands() -> None:
+    from mpo.learn.cli import register as register_train
+    from mpo.research.cli import register as register_walkforward
 
-    register(app)
+    register_train(app)
+    register_walkforward(app)
 
 
-_register_learn()
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -449,6 +449,10 @@ class LearnedSpec(_Strict):
         description="dmpo_qp: inference turnover limit ||w - w_prev||_1 <= delta (default: the "
         "checkpoint's); tunable with [tuning.params.delta].",
     )
+    #: Training spec (relative to this spec) `mpo walkforward` retrains with per fold.
+    train_spec: str | None = None
+    #: The training spec's model the checkpoint holds (default: the checkpoint's kind).
+    model: Literal["dmpo", "two_stage", "direct"] | None = None
 
 
 class PolicySpec(_Strict):
@@ -571,6 +575,7 @@ SPEC_FILE_FIELDS = {
     "forecast": ("path",),
     "risk": ("path", "exposures", "factor_covariance", "idiosyncratic"),
     "costs": ("sigma", "volume"),
+    "learned": ("train_spec",),
 }
 
 

@@ -61,3 +61,7 @@ class SolverError(MpoError, RuntimeError):
     The message names the policy, the date and the solver's status; see the
     spec's ``[backtest] solver`` and ``solver_options``.
     """
+
+
+class ResearchError(MpoError, ValueError):
+    """Walk-forward studies: fold schedule, purge, universes, the Dask cluster."""

@@ -76,6 +76,35 @@ def max_drawdown(returns: pd.Series) -> float:
     return float(np.max(1.0 - value / peak))
 
 
+def stationary_bootstrap_indices(
+    T: int, n_boot: int = 2000, block: int = 21, seed: int = 0
+) -> np.ndarray:
+    """``(n_boot, T)`` resampled positions of the stationary bootstrap (Politis-Romano).
+
+    Blocks start at uniform positions and have geometric lengths of mean
+    ``block`` (wrapping around the end), which keeps the serial dependence of
+    daily returns. Using the same indices for several series pairs them.
+    """
+    rng = np.random.default_rng(seed)
+    p = 1.0 / block
+    starts = rng.integers(0, T, size=(n_boot, T))
+    new_block = rng.random((n_boot, T)) < p
+    idx = np.empty((n_boot, T), dtype=np.int64)
+    idx[:, 0] = starts[:, 0]
+    for i in range(1, T):
+        idx[:, i] = np.where(new_block[:, i], starts[:, i], (idx[:, i - 1] + 1) % T)
+    return idx
+
+
+def _boot_sharpes(x: np.ndarray, idx: np.ndarray, ppy: float) -> np.ndarray:
+    """Annualised Sharpe of every column of ``x`` (``(T, ...)``) on every bootstrap sample."""
+    sample = x[idx]  # (n_boot, T, ...)
+    mean = sample.mean(axis=1)
+    sd = sample.std(axis=1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return mean / sd * np.sqrt(ppy)
+
+
 def bootstrap_sharpe_ci(
     excess: np.ndarray,
     ppy: float,
@@ -92,29 +121,60 @@ def bootstrap_sharpe_ci(
     dates are used for every column and the CI is of ``column 0 - column 1``'s
     Sharpe difference (paired bootstrap).
     """
+    test = bootstrap_sharpe_test(excess, ppy, n_boot=n_boot, block=block, level=level, seed=seed)
+    return test["ci_low"], test["ci_high"]
+
+
+def bootstrap_sharpe_test(
+    excess: np.ndarray,
+    ppy: float,
+    *,
+    n_boot: int = 2000,
+    block: int = 21,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Sharpe ratio (or paired difference) with its bootstrap CI and two-sided p-value.
+
+    ``excess`` is ``(T,)``, ``(T, 2)`` (the statistic is the Sharpe of column
+    0 minus that of column 1, on the same resampled dates) or ``(T, U, 2)``
+    (the mean over ``U`` universes sharing the dates of their paired
+    differences: the pooled difference, resampled by date so the universes'
+    correlation is kept). ``p`` is ``2 min(P*[s <= 0], P*[s >= 0])`` under
+    the bootstrap distribution ``P*``: the percentile test of "no difference".
+    """
     x = np.asarray(excess, dtype=float)
-    paired = x.ndim == 2
     T = x.shape[0]
+    nan = {"estimate": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
     if T < 3:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    p = 1.0 / block
-    starts = rng.integers(0, T, size=(n_boot, T))
-    new_block = rng.random((n_boot, T)) < p
-    idx = np.empty((n_boot, T), dtype=np.int64)
-    idx[:, 0] = starts[:, 0]
-    for i in range(1, T):
-        idx[:, i] = np.where(new_block[:, i], starts[:, i], (idx[:, i - 1] + 1) % T)
-    sample = x[idx]  # (n_boot, T) or (n_boot, T, k)
-    mean = sample.mean(axis=1)
-    sd = sample.std(axis=1, ddof=1)
+        return {**nan, "p": float("nan")}
+
+    def stat(sr: np.ndarray) -> np.ndarray:
+        if x.ndim == 1:
+            return sr
+        d = sr[..., 0] - sr[..., 1]
+        return d.mean(axis=-1) if x.ndim == 3 else d
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        sr = mean / sd * np.sqrt(ppy)
-    if paired:
-        sr = sr[:, 0] - sr[:, 1]
+        point = stat((x.mean(axis=0) / x.std(axis=0, ddof=1) * np.sqrt(ppy))[None])[0]
+    boot = stat(_boot_sharpes(x, stationary_bootstrap_indices(T, n_boot, block, seed), ppy))
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return {**nan, "estimate": float(point), "p": float("nan")}
     alpha = (1.0 - level) / 2.0
-    lo, hi = np.nanquantile(sr, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
+    p = min(1.0, 2.0 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
+    return {"estimate": float(point), "ci_low": float(lo), "ci_high": float(hi), "p": float(p)}
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error control), NaNs left out."""
+    items = sorted(((p, k) for k, p in pvalues.items() if np.isfinite(p)), key=lambda x: x[0])
+    m, out, running = len(items), {k: float("nan") for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
 
 
 def summary(

@@ -60,6 +60,8 @@ class PolicyKind:
     Params: ClassVar[type[BaseModel] | None] = None
     #: Whether this kind is the Hold reference of every run.
     is_reference: ClassVar[bool] = False
+    #: Whether this kind executes a trained model (``[learned]``; walk-forward retrains it).
+    learned: ClassVar[bool] = False
 
     def __init__(self, spec) -> None:
         self.spec = spec

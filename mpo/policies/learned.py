@@ -27,6 +27,8 @@ def learned_views(spec):
 class _Learned:
     """Checks shared by the learned kinds."""
 
+    learned = True
+
     @classmethod
     def _check_checkpoint(cls, spec) -> None:
         if not spec.learned.checkpoint:

@@ -118,7 +118,42 @@ LAYOUT: tuple[Value | Interval | Costs, ...] = (
 )
 
 
-def formatted_table(table: pd.DataFrame) -> pd.DataFrame:
+def _p(value: float) -> str:
+    return "" if pd.isna(value) else f"{value:.3f}"
+
+
+#: The columns of a walk-forward's stitched table (:mod:`mpo.research`).
+WALKFORWARD_LAYOUT: tuple[Value | Interval | Costs, ...] = (
+    Value("annual_return", "return", _pct),
+    Value("annual_volatility", "vol", _pct),
+    Value("sharpe", "Sharpe", _signed),
+    Interval("sharpe_ci", "Sharpe 95% CI"),
+    Value("max_drawdown", "max DD", _pct),
+    Value("annual_turnover", "turnover/yr", _times),
+    Costs(),
+    Value("sharpe_vs_equal_weight", "dSharpe vs EW", _signed),
+    Interval("sharpe_vs_equal_weight_ci", "dSharpe vs EW 95% CI"),
+    Value("p_vs_equal_weight_holm", "p vs EW (Holm)", _p),
+    Value("sharpe_vs_hold", "dSharpe vs Hold", _signed),
+    Interval("sharpe_vs_hold_ci", "dSharpe vs Hold 95% CI"),
+    Value("dsr", "DSR", _p),
+)
+
+#: The columns of the pooled multi-universe table.
+AGGREGATE_LAYOUT: tuple[Value | Interval | Costs, ...] = (
+    Value("n_universes", "universes", lambda v: "" if pd.isna(v) else f"{int(v)}"),
+    Value("mean_sharpe", "mean Sharpe", _signed),
+    Value("sd_sharpe", "sd", lambda v: "" if pd.isna(v) else f"{v:.2f}"),
+    Value("win_rate_vs_equal_weight", "wins vs EW", _pct),
+    Value("win_rate_vs_hold", "wins vs Hold", _pct),
+    Value("mean_diff_vs_equal_weight", "mean dSharpe vs EW", _signed),
+    Interval("mean_diff_vs_equal_weight_ci", "EW 95% CI"),
+    Value("mean_diff_vs_hold", "mean dSharpe vs Hold", _signed),
+    Interval("mean_diff_vs_hold_ci", "Hold 95% CI"),
+)
+
+
+def formatted_table(table: pd.DataFrame, layout=None) -> pd.DataFrame:
     """The metrics table as display strings.
 
     Parameters
@@ -135,12 +170,13 @@ def formatted_table(table: pd.DataFrame) -> pd.DataFrame:
         display headers (``return``, ``Sharpe 95% CI``, ``spread/yr``...).
     """
     out = pd.DataFrame(index=table.index)
-    for column in LAYOUT:
+    for column in LAYOUT if layout is None else layout:
         for header, cells in column.cells(table):
             out[header] = cells
     return out
 
 
-def format_table(table: pd.DataFrame) -> str:
-    """:func:`formatted_table` as plain text, for terminals and logs."""
-    return formatted_table(table).to_string()
+def format_table(table: pd.DataFrame, layout=None) -> str:
+    """:func:`formatted_table` as plain text, for terminals and logs (``layout``: the columns,
+    default :data:`LAYOUT`)."""
+    return formatted_table(table, layout).to_string()

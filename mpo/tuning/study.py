@@ -233,6 +233,7 @@ def tune(
     evaluate: bool = True,
     progress: bool = True,
     timeout: float | None = None,
+    windows: Windows | None = None,
 ) -> TuningResult:
     """Tune ``spec``'s multipliers on the training window and test the winner.
 
@@ -273,12 +274,17 @@ def tune(
         Show progress bars.
     timeout
         Stop the workers after this many seconds.
+    windows
+        Already resolved windows (walk-forward folds choose their own purge
+        rule, :mod:`mpo.research.schedule`); ``train``, ``test`` and ``purge``
+        are then ignored.
     """
     n_trials = trials if trials is not None else spec.tuning.trials
     _check_arguments(spec, workers, n_trials)
     kind = objective or spec.tuning.objective
     obj = get_objective(kind)
-    windows = resolve_windows(spec, market, train=train, test=test, purge=purge)
+    if windows is None:
+        windows = resolve_windows(spec, market, train=train, test=test, purge=purge)
     storage = str(storage) if storage is not None else str(Path("runs") / "studies.journal")
     if workers > 1 and storage.startswith("sqlite"):
         raise TuningError(
