@@ -480,7 +480,12 @@ def _register_commands() -> None:
     from mpo.research.cli import register as register_walkforward
 
     register_train(app)
-    register_walkforward(app)
+    register_walkforward(
+        app,
+        _guard,
+        {"data": DataOpt, "tickers": TickersOpt, "adv": AdvOpt, "seed": SeedOpt,
+         "quiet": QuietOpt, "report": ReportOpt},
+    )  # fmt: skip
 
 
 _register_commands()

@@ -11,14 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mpo.errors import SpecError
 from mpo.validation import refuse_bool_numbers
@@ -449,9 +442,9 @@ class LearnedSpec(_Strict):
         description="dmpo_qp: inference turnover limit ||w - w_prev||_1 <= delta (default: the "
         "checkpoint's); tunable with [tuning.params.delta].",
     )
-    #: Training spec (relative to this spec) `mpo walkforward` retrains with per fold.
+    #: Training spec (relative to this spec) `mpo walkforward` retrains with per fold, and
+    #: its model the checkpoint holds (default: the checkpoint's kind).
     train_spec: str | None = None
-    #: The training spec's model the checkpoint holds (default: the checkpoint's kind).
     model: Literal["dmpo", "two_stage", "direct"] | None = None
 
 

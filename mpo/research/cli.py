@@ -80,13 +80,18 @@ def _walkforward(
     scheduler, storage, n_universes, universe_size, universe_seed, universe_files, out, dry_run,
     seed, no_progress, report, force,
 ) -> None:  # fmt: skip
-    from mpo.cli import _date
-    from mpo.config import load_spec
+    from mpo.config import check_date, load_spec
     from mpo.data.sources import load_market_data
+    from mpo.errors import ResearchError
     from mpo.report.tables import AGGREGATE_LAYOUT, WALKFORWARD_LAYOUT, format_table
     from mpo.research import plan, walk_forward
 
-    start, end = _date(start, "--start"), _date(end, "--end")
+    for value, option in ((start, "--start"), (end, "--end")):
+        if value is not None:
+            try:
+                check_date(value)
+            except ValueError as exc:
+                raise ResearchError(f"{option}: {exc}.") from None
     loaded = [load_spec(p) for p in specs]
     ref = loaded[0]
     source = data or ref.data.source
@@ -157,9 +162,15 @@ def _walkforward(
         raise typer.Exit(code=1)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``mpo walkforward`` to ``app``."""
-    from mpo.cli import AdvOpt, DataOpt, QuietOpt, ReportOpt, SeedOpt, TickersOpt, _guard
+def register(app: typer.Typer, guard, options: dict) -> None:
+    """Add ``mpo walkforward`` to ``app``.
+
+    ``guard(fn, *args)`` runs the command (one line per input error, exit code
+    2); ``options`` holds the shared option types of :mod:`mpo.cli` (passed
+    down so that this module does not import the top layer).
+    """
+    DataOpt, TickersOpt, AdvOpt = options["data"], options["tickers"], options["adv"]
+    SeedOpt, QuietOpt, ReportOpt = options["seed"], options["quiet"], options["report"]
 
     @app.command()
     def walkforward(
@@ -231,7 +242,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Walk forward: refit each spec per fold, stitch one out-of-sample run, compare."""
-        _guard(
+        guard(
             _walkforward, specs, data, tickers, start, end, adv, train, test, anchored, purge,
             trials, workers, scheduler, storage, universes, universe_size, universe_seed,
             universe_file, out, dry_run, seed, no_progress, report, force,
