@@ -225,12 +225,16 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, monkeypatch):
     spec.write_text(SPEC)
     closed = f"tcp://127.0.0.1:{_free_port()}"  # bound and released: nothing listens there
     runner = CliRunner()
-    for address, shown in ((closed, closed), ("tcp://user:secret@127.0.0.1:1", "user:***@")):
+    cases = (
+        (closed, closed, "cannot reach the Dask scheduler"),
+        ("tcp://user:secret@127.0.0.1:1", "user:***@", "is not an address Dask reads"),
+    )
+    for address, shown, says in cases:
         args = ["walkforward", str(spec), *OPTIONS, "--scheduler", address]
         result = runner.invoke(app, [*args, "--out", str(tmp_path / "run"), "--no-progress"])
         assert result.exit_code == 2, result.output
         assert isinstance(result.exception, SystemExit)
-        assert "cannot reach the Dask scheduler" in result.stderr and shown in result.stderr
+        assert says in result.stderr and shown in result.stderr
         assert "Traceback" not in result.output
         assert "secret" not in result.output  # stdout and stderr
     assert not (tmp_path / "run" / "tasks").exists()

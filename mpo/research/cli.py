@@ -107,6 +107,12 @@ def _walkforward(
             max_jump=ref.data.max_jump or None,
         )
 
+    dated = [str(p) for p, s in zip(specs, loaded, strict=True) if s.data.start or s.data.end]
+    if dated:
+        typer.echo(
+            f"note: walkforward loads the whole history of the data; the [data] start/end of "
+            f"{', '.join(dated)} are not used (--start/--end set the schedule)"
+        )
     market = load(seed)
     d = market.describe()
     typer.echo(

@@ -58,7 +58,13 @@ def connect(workers: int = 1, scheduler: str | None = None) -> Iterator:
             )
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except ValueError:
+            raise ResearchError(
+                f"--scheduler {_redact(scheduler)} is not an address Dask reads: give "
+                "tcp://HOST:PORT (no user or password; secure a cluster with TLS, "
+                "`dask scheduler --tls-...`)."
+            ) from None
+        except (OSError, TimeoutError) as exc:
             raise ResearchError(
                 f"cannot reach the Dask scheduler at {_redact(scheduler)} within "
                 f"{CONNECT_TIMEOUT} s ({type(exc).__name__}); start it with `dask scheduler` "
@@ -68,7 +74,9 @@ def connect(workers: int = 1, scheduler: str | None = None) -> Iterator:
         try:
             n = len(client.scheduler_info().get("workers", {}))
             if n == 0:
-                logger.warning("scheduler %s has no workers yet; tasks wait for one", scheduler)
+                logger.warning(
+                    "scheduler %s has no workers yet; tasks wait for one", _redact(scheduler)
+                )
             yield client
         finally:
             client.close()
@@ -83,7 +91,7 @@ def connect(workers: int = 1, scheduler: str | None = None) -> Iterator:
             n_workers=int(workers),
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # no fixed port: another run may hold 8787
             silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,

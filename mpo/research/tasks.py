@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -73,7 +74,8 @@ def training_of(spec: PolicySpec):
 
     ln = spec.learned
     ck = Path(ln.checkpoint) if ln.checkpoint else None
-    stored = load_checkpoint(ck) if ck is not None and ck.is_file() else None
+    needed = not (ln.train_spec and ln.model)
+    stored = load_checkpoint(ck) if needed and ck is not None and ck.is_file() else None
     if ln.train_spec:
         train = load_train_spec(ln.train_spec)
     elif stored is not None and (stored.extra or {}).get("spec"):
@@ -177,10 +179,15 @@ class FitTask:
             / f"fold{self.fold.index:02d}"
         )
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
+        training = None
+        if fit_mode(self.spec) == "trained":  # the training spec's content, not only its path
+            train, model = training_of(self.spec)
+            training = {"spec": train.model_dump(), "model": model}
         return _identity(
             spec=self.spec.model_dump(),
+            training=training,
             fold=self.fold.describe(),
             data=self.fingerprint,
             trials=self.trials,
@@ -216,7 +223,7 @@ class StitchTask:
     def folder(self) -> Path:
         return Path(self.root) / "tasks" / self.universe / self.spec.name
 
-    @property
+    @functools.cached_property
     def identity(self) -> str:
         return _identity(
             spec=self.spec.model_dump(),
