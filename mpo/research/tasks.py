@@ -324,7 +324,7 @@ def _fit_trained(task: FitTask, market: MarketData) -> dict:
         "checkpoint": out["checkpoint"],
         "model": model,
         "n_trials": 1,
-        "train_sharpe": out["val_score"],
+        "val_score": out["val_score"],  # early stopping's score: Sharpe (dmpo), -MSE (two_stage)
         "trial_sharpes": [],
         "splits": out["splits"],
     }

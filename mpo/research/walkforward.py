@@ -8,7 +8,9 @@
   package versions (written first; a rerun with another configuration into
   the same folder is refused);
 - ``folds.csv``: one row per universe, spec and fold: windows, what was
-  fitted, the chosen parameters, trials, training and test Sharpe;
+  fitted, the chosen parameters, trials, the training Sharpe of a tuned
+  fold's winner, the validation score a trained fold stopped on (its
+  Sharpe for ``dmpo``, minus the MSE for ``two_stage``) and the test Sharpe;
 - ``<spec>/returns.parquet`` ... (``universes/<u>/<spec>/`` for several
   universes): the stitched series in the layout of a backtest run;
 - ``summary.json``: per universe and policy the metrics, CIs, paired
@@ -283,6 +285,7 @@ def _folds_table(plan: Plan, fits: dict[str, dict], results, per_fold) -> pd.Dat
                 for k, v in params.items():
                     row[f"param_{k}"] = v
                 row["train_sharpe"] = (fit or {}).get("train_sharpe", np.nan)
+                row["val_score"] = (fit or {}).get("val_score", np.nan)
                 row["test_sharpe"] = sharpes[f.index] if sharpes else np.nan
                 rows.append(row)
     return pd.DataFrame(rows)
