@@ -377,3 +377,33 @@ def _toml(spec) -> str:
 
     walk("", spec.model_dump(exclude_none=True))
     return "\n".join(lines + tables) + "\n"
+
+
+def test_a_solver_failure_is_retried_once_with_the_fallback_solver(market, tmp_path, monkeypatch):
+    """A stitched run whose primary solver fails at some date is simulated again with
+    cvxportfolio's fallback solver (used only where the primary fails), and says so."""
+    import mpo.research.stitch as stitch
+    from mpo.errors import SolverError
+
+    calls = []
+    real = stitch.stitched_backtest
+
+    def flaky(name, specs, *args, **kwargs):
+        calls.append([s.backtest.fallback_solver for s in specs])
+        if len(calls) == 1:
+            raise SolverError(f"policy {name!r} at 2011-02-01: the solver failed")
+        return real(name, specs, *args, **kwargs)
+
+    monkeypatch.setattr(stitch, "stitched_backtest", flaky)
+    spec = tuned_spo()
+    folds = make_folds(market.calendar, train="80d", test="60d", purge=6, history=40)[:1]
+    task = StitchTask("main", spec, tuple(folds), str(tmp_path), str(tmp_path / "spo"), "fp")
+    out = run_stitch(task, market)
+    assert calls == [[None], ["SCS"]]
+    assert out["fallback"] == {
+        "solver": "SCS",
+        "after": "policy 'spo' at 2011-02-01: the solver failed",
+    }
+    assert json.loads((tmp_path / "tasks" / "main" / "spo" / "stitched.json").read_text())[
+        "fallback"
+    ]

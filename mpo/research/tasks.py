@@ -31,7 +31,7 @@ from pathlib import Path
 
 from mpo.config import PolicySpec
 from mpo.data.market import MarketData
-from mpo.errors import ResearchError
+from mpo.errors import ResearchError, SolverError
 from mpo.io import write_json
 from mpo.policies import cost_model, kind_of, required_history
 from mpo.research.schedule import Fold
@@ -369,6 +369,14 @@ def fold_spec(spec: PolicySpec, fit: dict | None) -> PolicySpec:
     return spec.with_updates(learned={"checkpoint": fit["checkpoint"]})
 
 
+#: Solver a stitched run falls back to when its spec names none and the primary fails.
+FALLBACK_SOLVER = "SCS"
+
+
+def _optimizes(spec: PolicySpec) -> bool:
+    return bool(kind_of(spec).tunable) and not kind_of(spec).learned
+
+
 def run_stitch(task: StitchTask, market: MarketData, *fits: dict) -> dict:
     """Simulate ``task.spec`` over all test windows in one backtest; write its series."""
     import pandas as pd
@@ -389,12 +397,27 @@ def run_stitch(task: StitchTask, market: MarketData, *fits: dict) -> dict:
         starts = [f.test_start for f in folds] if fits else [folds[0].test_start]
         cal = market.calendar
         last = int(cal.searchsorted(folds[-1].test_end, side="right"))
-        result = stitched_backtest(task.spec.name, specs, starts, market, cal[last])
+        end = cal[last]
+        retry = None
+        try:
+            result = stitched_backtest(task.spec.name, specs, starts, market, end)
+        except SolverError as exc:
+            if any(s.backtest.fallback_solver for s in specs) or not _optimizes(specs[0]):
+                raise
+            retry = str(exc)
+            logger.warning(
+                "%s: %s; simulating again with fallback solver %s on the dates where the "
+                "primary solver fails ([backtest] fallback_solver sets it)",
+                task.key, exc, FALLBACK_SOLVER,
+            )  # fmt: skip
+            specs = [s.with_updates(backtest={"fallback_solver": FALLBACK_SOLVER}) for s in specs]
+            result = stitched_backtest(task.spec.name, specs, starts, market, end)
         save_result(result, task.out)
         out = {
             "identity": task.identity,
             "key": task.key,
             "out": str(task.out),
+            "fallback": None if retry is None else {"solver": FALLBACK_SOLVER, "after": retry},
             "periods": len(result.returns),
             "created": pd.Timestamp.now().isoformat(timespec="seconds"),
         }

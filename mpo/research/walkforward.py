@@ -360,6 +360,9 @@ def walk_forward(
             else 0.0,
         },
         "failures": failures,
+        "solver_fallbacks": {
+            k: v["fallback"] for k, v in graph.stitched.items() if v.get("fallback")
+        },
         "tasks": {"skipped": graph.skipped, "ran": graph.ran},
         "versions": package_versions(),
         "created": pd.Timestamp.now().isoformat(timespec="seconds"),
