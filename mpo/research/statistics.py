@@ -87,7 +87,7 @@ def aggregate(per_universe: dict[str, dict[str, PolicyResult]], seed: int = 0) -
     ``per_universe`` maps universe -> policy -> result; policies missing in
     some universe (failed there) are pooled over the universes that have them.
     """
-    names = sorted({p for res in per_universe.values() for p in res})
+    names = list(dict.fromkeys(p for res in per_universe.values() for p in res))  # run order
     sharpes: dict[str, dict[str, float]] = {}
     for u, res in per_universe.items():
         for name, r in res.items():
