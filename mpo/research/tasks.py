@@ -181,18 +181,17 @@ class FitTask:
 
     @functools.cached_property
     def identity(self) -> str:
-        training = None
+        parts = {
+            "spec": self.spec.model_dump(),
+            "fold": self.fold.describe(),
+            "data": self.fingerprint,
+            "trials": self.trials,
+            "seed": self.seed,
+        }
         if fit_mode(self.spec) == "trained":  # the training spec's content, not only its path
             train, model = training_of(self.spec)
-            training = {"spec": train.model_dump(), "model": model}
-        return _identity(
-            spec=self.spec.model_dump(),
-            training=training,
-            fold=self.fold.describe(),
-            data=self.fingerprint,
-            trials=self.trials,
-            seed=self.seed,
-        )
+            parts["training"] = {"spec": train.model_dump(), "model": model}
+        return _identity(**parts)
 
     @property
     def study_name(self) -> str:
