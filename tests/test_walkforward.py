@@ -407,3 +407,12 @@ def test_a_solver_failure_is_retried_once_with_the_fallback_solver(market, tmp_p
     assert json.loads((tmp_path / "tasks" / "main" / "spo" / "stitched.json").read_text())[
         "fallback"
     ]
+
+
+def test_the_dsr_variance_is_within_folds():
+    """Selection dispersion is measured among trials of one window, then averaged: the
+    market's year-to-year differences between folds do not inflate the DSR threshold."""
+    from mpo.research.statistics import trial_variance
+
+    assert trial_variance([[1.0, 2.0], [10.0, 12.0], [5.0]]) == pytest.approx(1.25)
+    assert trial_variance([[0.3], []]) == 0.0

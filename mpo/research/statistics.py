@@ -6,7 +6,8 @@ Hold and to equal weight (same resampled dates) with CI and p-value, the
 p-values to equal weight adjusted by Holm over the policies compared; and the
 deflated Sharpe ratio with ``N`` = every configuration tried across all folds
 (all tuning trials of all tuned specs, one per fold for each trained or fixed
-spec), with the variance of the trials' training Sharpe ratios.
+spec), with the within-fold variance of the trials' training Sharpe ratios
+(:func:`trial_variance`).
 
 Over universes (:func:`aggregate`): mean and spread of each policy's stitched
 Sharpe, win rates against equal weight and Hold (share of universes where it
@@ -20,9 +21,16 @@ import numpy as np
 import pandas as pd
 
 from mpo.backtest import PolicyResult, result_metrics
-from mpo.metrics import bootstrap_sharpe_test, deflated_sharpe_ratio, holm, periods_per_year
+from mpo.metrics import (
+    bootstrap_sharpe_test,
+    expected_max_sharpe,
+    holm,
+    periods_per_year,
+    psr_from_moments,
+    return_moments,
+)
 
-__all__ = ["REFERENCES", "aggregate", "fold_sharpes", "universe_metrics"]
+__all__ = ["REFERENCES", "aggregate", "fold_sharpes", "trial_variance", "universe_metrics"]
 
 #: Reference policies every walk-forward compares against.
 REFERENCES = ("hold", "equal_weight")
@@ -39,9 +47,21 @@ def _paired(a: PolicyResult, b: PolicyResult, seed: int) -> dict:
     return bootstrap_sharpe_test(x, periods_per_year(idx), seed=seed)
 
 
+def trial_variance(per_fold: list[list[float]]) -> float:
+    """Mean over folds of the variance of that fold's trial Sharpe ratios (per period).
+
+    The DSR's threshold needs the dispersion that *selection among trials*
+    creates, so the variance is taken within each fold (same window) and
+    averaged; pooling trials across folds would add the market's
+    year-to-year variation and overstate the threshold.
+    """
+    variances = [np.var(s, ddof=1) for s in per_fold if len(s) > 1]
+    return float(np.mean(variances)) if variances else 0.0
+
+
 def universe_metrics(
     results: dict[str, PolicyResult],
-    trial_sharpes: list[float],
+    trial_variance: float,
     n_trials: int,
     seed: int = 0,
 ) -> dict[str, dict]:
@@ -58,8 +78,9 @@ def universe_metrics(
             m[f"sharpe_vs_{ref_name}_ci_low"] = t["ci_low"]
             m[f"sharpe_vs_{ref_name}_ci_high"] = t["ci_high"]
             m[f"p_vs_{ref_name}"] = t["p"]
-        dsr = deflated_sharpe_ratio(_excess(r).to_numpy(), np.asarray(trial_sharpes), n_trials)
-        m["dsr"], m["n_trials"] = dsr["dsr"], dsr["n_trials"]
+        moments = return_moments(_excess(r).to_numpy())
+        m["dsr"] = psr_from_moments(moments, expected_max_sharpe(max(n_trials, 1), trial_variance))
+        m["n_trials"] = int(n_trials)
         out[name] = m
     for ref_name in refs:
         compared = {n: m[f"p_vs_{ref_name}"] for n, m in out.items() if f"p_vs_{ref_name}" in m}

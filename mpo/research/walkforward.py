@@ -35,7 +35,13 @@ from mpo.data.market import MarketData
 from mpo.errors import ResearchError
 from mpo.io import package_versions, write_json
 from mpo.research.schedule import Fold, make_folds, resolve_purge
-from mpo.research.statistics import REFERENCES, aggregate, fold_sharpes, universe_metrics
+from mpo.research.statistics import (
+    REFERENCES,
+    aggregate,
+    fold_sharpes,
+    trial_variance,
+    universe_metrics,
+)
 from mpo.research.tasks import (
     FitTask,
     StitchTask,
@@ -316,7 +322,7 @@ def walk_forward(
     failures = dict(graph.failures)
     # every configuration tried: all trials of every tuned fold, one per fold for the others
     tried = [graph.fits[t.key] for t in plan_.fits if t.key in graph.fits]
-    trial_sharpes = [s for f in tried for s in f.get("trial_sharpes", [])]
+    variance = trial_variance([f.get("trial_sharpes", []) for f in tried])
     fixed = sum(fit_mode(s) == "none" for s in plan_.specs) * len(plan_.folds)
     n_trials = sum(int(f.get("n_trials", 1)) for f in tried) + fixed
     metrics, per_universe, per_fold = {}, {}, {}
@@ -333,9 +339,7 @@ def walk_forward(
             per_fold[(u, s.spec.name)] = fold_sharpes(r, plan_.folds)
         per_universe[u] = results
         if results:
-            metrics[u] = universe_metrics(
-                results, trial_sharpes, max(n_trials, 1), plan_.config["seed"]
-            )
+            metrics[u] = universe_metrics(results, variance, max(n_trials, 1), plan_.config["seed"])
     if not metrics:
         raise ResearchError(
             "every task failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
@@ -353,12 +357,7 @@ def walk_forward(
             for u, m in metrics.items()
         },
         "aggregate": agg,
-        "trials": {
-            "n": n_trials,
-            "trial_sharpe_variance": float(np.var(trial_sharpes, ddof=1))
-            if len(trial_sharpes) > 1
-            else 0.0,
-        },
+        "trials": {"n": n_trials, "within_fold_sharpe_variance": variance},
         "failures": failures,
         "solver_fallbacks": {
             k: v["fallback"] for k, v in graph.stitched.items() if v.get("fallback")
