@@ -132,20 +132,18 @@ def run_graph(
     from distributed import as_completed
 
     out = GraphResult()
-    todo_fits = []
-    for t in fits:
-        done = t.done()
-        if done is not None:
-            out.fits[t.key] = done
-        else:
-            todo_fits.append(t)
-    todo_stitch = []
-    for s in stitches:
-        done = s.done()
-        if done is not None:
-            out.stitched[s.key] = done
-        else:
-            todo_stitch.append(s)
+
+    def pending(tasks, finished: dict) -> list:
+        todo = []
+        for t in tasks:
+            done = t.done()
+            if done is None:
+                todo.append(t)
+            else:
+                finished[t.key] = done
+        return todo
+
+    todo_fits, todo_stitch = pending(fits, out.fits), pending(stitches, out.stitched)
     out.skipped = len(fits) + len(stitches) - len(todo_fits) - len(todo_stitch)
     if out.skipped:
         logger.warning(

@@ -335,26 +335,34 @@ def run_fit(task: FitTask, market: MarketData) -> dict:
     ``market`` is the universe's whole data set; this function only reads it
     up to the training window's end.
     """
+    return _once(task, lambda: _fit(task, market))
+
+
+def _once(task, work) -> dict:
+    """``task``'s finished result, else ``work()`` under the task's lock (checked again
+    inside: another process may have finished it meanwhile)."""
     done = task.done()
     if done is not None:
         logger.info("%s: finished before, skipped", task.key)
         return done
     with _locked(task.folder), _limit_threads():
         done = task.done()
-        if done is not None:
-            return done
-        window = market.slice(end=task.fold.train_end)
-        mode = fit_mode(task.spec)
-        if mode == "tuned":
-            out = _fit_tuned(task, window)
-        elif mode == "trained":
-            out = _fit_trained(task, window)
-        else:
-            raise ResearchError(f"policy {task.spec.name!r} has nothing to fit.")
-        out = {"identity": task.identity, "key": task.key, "mode": mode, **out}
-        write_json(out, task.folder / "result.json")
-        logger.info("%s: fitted (%s)", task.key, mode)
-        return out
+        return done if done is not None else work()
+
+
+def _fit(task: FitTask, market: MarketData) -> dict:
+    window = market.slice(end=task.fold.train_end)
+    mode = fit_mode(task.spec)
+    if mode == "tuned":
+        out = _fit_tuned(task, window)
+    elif mode == "trained":
+        out = _fit_trained(task, window)
+    else:
+        raise ResearchError(f"policy {task.spec.name!r} has nothing to fit.")
+    out = {"identity": task.identity, "key": task.key, "mode": mode, **out}
+    write_json(out, task.folder / "result.json")
+    logger.info("%s: fitted (%s)", task.key, mode)
+    return out
 
 
 def fold_spec(spec: PolicySpec, fit: dict | None) -> PolicySpec:
@@ -378,48 +386,44 @@ def _optimizes(spec: PolicySpec) -> bool:
 
 def run_stitch(task: StitchTask, market: MarketData, *fits: dict) -> dict:
     """Simulate ``task.spec`` over all test windows in one backtest; write its series."""
+    return _once(task, lambda: _stitch(task, market, fits))
+
+
+def _stitch(task: StitchTask, market: MarketData, fits: tuple) -> dict:
     import pandas as pd
 
     from mpo.backtest import save_result
     from mpo.research.stitch import stitched_backtest
 
-    done = task.done()
-    if done is not None:
-        logger.info("%s: finished before, skipped", task.key)
-        return done
-    with _locked(task.folder), _limit_threads():
-        done = task.done()
-        if done is not None:
-            return done
-        folds = task.folds
-        specs = [fold_spec(task.spec, f) for f in fits] if fits else [task.spec]
-        starts = [f.test_start for f in folds] if fits else [folds[0].test_start]
-        cal = market.calendar
-        last = int(cal.searchsorted(folds[-1].test_end, side="right"))
-        end = cal[last]
-        retry = None
-        try:
-            result = stitched_backtest(task.spec.name, specs, starts, market, end)
-        except SolverError as exc:
-            if any(s.backtest.fallback_solver for s in specs) or not _optimizes(specs[0]):
-                raise
-            retry = str(exc)
-            logger.warning(
-                "%s: %s; simulating again with fallback solver %s on the dates where the "
-                "primary solver fails ([backtest] fallback_solver sets it)",
-                task.key, exc, FALLBACK_SOLVER,
-            )  # fmt: skip
-            specs = [s.with_updates(backtest={"fallback_solver": FALLBACK_SOLVER}) for s in specs]
-            result = stitched_backtest(task.spec.name, specs, starts, market, end)
-        save_result(result, task.out)
-        out = {
-            "identity": task.identity,
-            "key": task.key,
-            "out": str(task.out),
-            "fallback": None if retry is None else {"solver": FALLBACK_SOLVER, "after": retry},
-            "periods": len(result.returns),
-            "created": pd.Timestamp.now().isoformat(timespec="seconds"),
-        }
-        write_json(out, task.folder / "stitched.json")
-        logger.info("%s: %d periods simulated", task.key, len(result.returns))
-        return out
+    folds = task.folds
+    specs = [fold_spec(task.spec, f) for f in fits] if fits else [task.spec]
+    starts = [f.test_start for f in folds] if fits else [folds[0].test_start]
+    cal = market.calendar
+    last = int(cal.searchsorted(folds[-1].test_end, side="right"))
+    end = cal[last]
+    retry = None
+    try:
+        result = stitched_backtest(task.spec.name, specs, starts, market, end)
+    except SolverError as exc:
+        if any(s.backtest.fallback_solver for s in specs) or not _optimizes(specs[0]):
+            raise
+        retry = str(exc)
+        logger.warning(
+            "%s: %s; simulating again with fallback solver %s on the dates where the "
+            "primary solver fails ([backtest] fallback_solver sets it)",
+            task.key, exc, FALLBACK_SOLVER,
+        )  # fmt: skip
+        specs = [s.with_updates(backtest={"fallback_solver": FALLBACK_SOLVER}) for s in specs]
+        result = stitched_backtest(task.spec.name, specs, starts, market, end)
+    save_result(result, task.out)
+    out = {
+        "identity": task.identity,
+        "key": task.key,
+        "out": str(task.out),
+        "fallback": None if retry is None else {"solver": FALLBACK_SOLVER, "after": retry},
+        "periods": len(result.returns),
+        "created": pd.Timestamp.now().isoformat(timespec="seconds"),
+    }
+    write_json(out, task.folder / "stitched.json")
+    logger.info("%s: %d periods simulated", task.key, len(result.returns))
+    return out
