@@ -74,6 +74,28 @@ def _to_numeric(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return out
 
 
+def _refuse_repeated(path: Path, names: list[str]) -> None:
+    """:class:`DataError` naming the ticker columns that appear more than once."""
+    names = [str(n).strip() for n in names]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(
+            f"{path.name} repeats ticker column(s) {repeated}: each ticker must appear once "
+            "(two columns of one ticker would be traded as two assets)."
+        )
+
+
+def _parquet_names(path: Path) -> list[str]:
+    """Column names of a parquet file's schema (pandas' stored index columns left out)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    return [n for n in names if not str(n).startswith("__index_level_")]
+
+
 def read_wide(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one wide dates x tickers CSV or parquet file, with dates and numbers checked.
 
@@ -91,6 +113,8 @@ def read_wide(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file {path} does not exist.")
+    if path.suffix == ".parquet":
+        _refuse_repeated(path, _parquet_names(path))
     try:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
@@ -116,15 +140,10 @@ def read_wide(path: str | os.PathLike[str]) -> pd.DataFrame:
         import csv
 
         with open(path, encoding="utf-8", errors="replace", newline="") as fh:
-            header = [h.strip() for h in next(csv.reader(fh))[1:]]
-        repeated = sorted({h for h in header if header.count(h) > 1})
-        if repeated:
-            raise DataError(
-                f"{path.name} repeats ticker column(s) {repeated}: each ticker must appear once "
-                "(two columns of one ticker would be traded as two assets)."
-            )
+            _refuse_repeated(path, next(csv.reader(fh))[1:])
     frame.index = _parse_dates(frame.index, path)
     frame.columns = [str(c).strip() for c in frame.columns]
+    _refuse_repeated(path, list(frame.columns))  # e.g. 'AAPL' and ' AAPL' in a parquet file
     return _to_numeric(frame, path)
 
 

@@ -60,6 +60,27 @@ def test_a_repeated_ticker_column_in_a_csv_is_an_error(tmp_path):
         load_market_data(f"files:{tmp_path / 'd'}", adv=1e8)
 
 
+def test_a_repeated_ticker_column_in_a_parquet_file_is_an_error(tmp_path):
+    """pandas refuses to write one, other tools do not: the schema is checked before reading,
+    and names that only differ by spaces ('AMD' and ' AMD') count as the same ticker."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    prices = load_sp20(adv=1e8).prices.iloc[-100:, :3]
+    (tmp_path / "d").mkdir()
+    cols = [pa.array(prices.index), *(pa.array(prices.iloc[:, i]) for i in range(3))]
+    pq.write_table(
+        pa.table(cols, names=["Date", "AAPL", "AMD", "AAPL"]), tmp_path / "d" / "prices.parquet"
+    )
+    with pytest.raises(DataError, match=r"prices.parquet repeats ticker column\(s\) \['AAPL'\]"):
+        load_market_data(f"files:{tmp_path / 'd'}", adv=1e8)
+    pq.write_table(
+        pa.table(cols, names=["Date", "AAPL", "AMD", " AMD"]), tmp_path / "d" / "prices.parquet"
+    )
+    with pytest.raises(DataError, match=r"repeats ticker column\(s\) \['AMD'\]"):
+        load_market_data(f"files:{tmp_path / 'd'}", adv=1e8)
+
+
 def test_a_stale_price_column_is_reported_with_its_dates(caplog):
     prices = load_sp20(adv=1e8).prices.iloc[-200:, :3].copy()
     prices.iloc[50:80, 1] = prices.iloc[50, 1]
