@@ -6,36 +6,16 @@ import base64
 import dataclasses
 import io
 import re
-from html.parser import HTMLParser
 
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from html_helpers import Collect
 
 from mpo.backtest import run_backtests
 from mpo.report import write_report
 from mpo.report.figures import costs_figure
-
-
-class _Collect(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self.stack: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag not in ("img", "meta", "br"):
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}> after {self.stack}"
-        self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +28,7 @@ def test_report_is_self_contained_html_with_table_and_figures(run, tmp_path):
     path = write_report(run, tmp_path / "report.html", title="test report", notes="a note")
     text = path.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
-    parser = _Collect()
+    parser = Collect()
     parser.feed(text)
     parser.close()
     assert parser.stack == ["html"] or parser.stack == [], parser.stack  # balanced tags

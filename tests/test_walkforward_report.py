@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from html_helpers import Collect
 
 from mpo.errors import MpoError
 from mpo.io import write_json, write_parquet
@@ -104,35 +104,15 @@ def make_run(
     return root
 
 
-class _Collect(HTMLParser):
-    def __init__(self):
-        super().__init__()
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-        self.stack: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag not in ("img", "meta", "br"):
-            self.stack.append(tag)
-
-    def handle_endtag(self, tag):
-        assert self.stack and self.stack[-1] == tag, f"unbalanced </{tag}> after {self.stack}"
-        self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def parse(text: str) -> _Collect:
-    parser = _Collect()
+def parse(text: str) -> Collect:
+    parser = Collect()
     parser.feed(text)
     parser.close()
     assert parser.stack == [], parser.stack
     return parser
 
 
-def figures(parser: _Collect) -> list[str]:
+def figures(parser: Collect) -> list[str]:
     return [a["id"] for t, a in parser.tags if t == "figure"]
 
 
