@@ -170,6 +170,11 @@ class FitTask:
         return f"fit/{self.universe}/{self.spec.name}/fold{self.fold.index:02d}"
 
     @property
+    def n_trials(self) -> int:
+        """Finished trials the fold's study should reach (``--trials``, else ``[tuning]``)."""
+        return self.trials if self.trials is not None else self.spec.tuning.trials
+
+    @property
     def folder(self) -> Path:
         return (
             Path(self.root)
@@ -247,7 +252,6 @@ def _fold_seed(task: FitTask) -> int:
 def _fit_tuned(task: FitTask, market: MarketData) -> dict:
     import numpy as np
     import optuna
-    from optuna.trial import TrialState
 
     from mpo.tuning import tune
     from mpo.tuning.storage import count_trials, open_storage
@@ -255,7 +259,7 @@ def _fit_tuned(task: FitTask, market: MarketData) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec, fold = task.spec, task.fold
-    n_trials = task.trials if task.trials is not None else spec.tuning.trials
+    n_trials = task.n_trials
     store = open_storage(task.storage)
     with contextlib.suppress(KeyError):
         study = optuna.load_study(study_name=task.study_name, storage=store)
@@ -290,15 +294,12 @@ def _fit_tuned(task: FitTask, market: MarketData) -> dict:
         evaluate=False,
         progress=False,
     )
-    study = optuna.load_study(study_name=task.study_name, storage=store)
-    sharpes = [
-        t.user_attrs["moments"]["sharpe"]
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if "moments" in t.user_attrs
-    ]
+    trials = result.trials  # the study as tune read it back: no second replay of the journal
+    done = trials[trials["state"] == "COMPLETE"]
+    sharpes = done["sharpe_per_period"].dropna() if "sharpe_per_period" in done else []
     return {
         "params": {k: float(v) for k, v in result.best_params.items()},
-        "n_trials": int(count_trials(study)[0]),
+        "n_trials": int(trials["state"].isin(["COMPLETE", "PRUNED"]).sum()),
         "train_sharpe": float(result.train_metrics.get("sharpe", np.nan)),
         "trial_sharpes": [float(s) for s in sharpes],
         "study": task.study_name,

@@ -101,9 +101,7 @@ class Plan:
         modes = {s.name: fit_mode(s) for s in self.specs}
         n_tuned = sum(m == "tuned" for m in modes.values())
         n_trained = sum(m == "trained" for m in modes.values())
-        trials = sum(
-            t.trials or t.spec.tuning.trials for t in self.fits if modes[t.spec.name] == "tuned"
-        )
+        trials = sum(t.n_trials for t in self.fits if modes[t.spec.name] == "tuned")
         lines = [
             f"{len(self.folds)} folds, purge {self.purge} periods ({self.purge_rule}), "
             f"{len(self.universes)} universe(s), {len(self.specs)} policies "
@@ -188,8 +186,8 @@ def plan(
     storage = storage or str(root / "studies.journal")
     paths = _universe_paths(names)
     fits, stitches = [], []
-    for u, market in universes.items():
-        fp = market.fingerprint()
+    fingerprints = {u: m.fingerprint() for u, m in universes.items()}
+    for u, fp in fingerprints.items():
         for spec in specs:
             mode = fit_mode(spec)
             fold_tasks = []
@@ -223,7 +221,7 @@ def plan(
         "seed": seed,
         "specs": {s.name: s.model_dump() for s in specs},
         "universes": {
-            u: {"tickers": m.tickers, "fingerprint": m.fingerprint(), "path": paths[u]}
+            u: {"tickers": m.tickers, "fingerprint": fingerprints[u], "path": paths[u]}
             for u, m in universes.items()
         },
         "data": data_note or first.describe(),
@@ -241,10 +239,11 @@ def _check_folder(root: Path, config: dict, force: bool) -> None:
     except ValueError:
         return
     old = {k: v for k, v in old.items() if k not in ("versions", "created", "storage")}
-    if old != json.loads(json.dumps(config, default=str)):
+    new = json.loads(json.dumps(config, default=str))  # as config.json holds it
+    if old != new:
         from mpo.tuning.storage import leaf_diff
 
-        diff = leaf_diff(old, json.loads(json.dumps(config, default=str)))
+        diff = leaf_diff(old, new)
         raise ResearchError(
             f"{root} holds another walk-forward ({'; '.join(diff[:3])}); use another --out "
             "(or --force to reuse the folder: finished tasks of the old run whose inputs "
@@ -274,16 +273,15 @@ class WalkForwardResult:
         return pd.DataFrame(self.aggregate["policies"]).T
 
 
-def _folds_table(plan: Plan, fits: dict[str, dict], results, per_fold) -> pd.DataFrame:
+def _folds_table(plan: Plan, fits: dict[str, dict], per_fold) -> pd.DataFrame:
     rows = []
-    by_key = {t.key: t for t in plan.fits}
+    keys = {(t.universe, t.spec.name, t.fold.index): t.key for t in plan.fits}
     for u in plan.universes:
         for spec in plan.specs:
             mode = fit_mode(spec)
             sharpes = per_fold.get((u, spec.name))
             for f in plan.folds:
-                key = f"fit/{u}/{spec.name}/fold{f.index:02d}"
-                fit = fits.get(key) if key in by_key else None
+                fit = fits.get(keys.get((u, spec.name, f.index)))
                 row = {"universe": u, "spec": spec.name, **f.describe(), "fit": mode}
                 row["n_trials"] = (fit or {}).get("n_trials", 0 if mode == "none" else np.nan)
                 params = (fit or {}).get("params", {})
@@ -344,7 +342,7 @@ def walk_forward(
         raise ResearchError(
             "every task failed: " + "; ".join(f"{k}: {v}" for k, v in failures.items())
         )
-    folds = _folds_table(plan_, graph.fits, per_universe, per_fold)
+    folds = _folds_table(plan_, graph.fits, per_fold)
     with atomic_path(root / "folds.csv") as tmp:
         folds.to_csv(tmp, index=False)
     agg = aggregate(per_universe, plan_.config["seed"]) if len(per_universe) > 1 else None
