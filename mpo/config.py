@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mpo.errors import SpecError
-from mpo.validation import refuse_bool_numbers
+from mpo.validation import check_date, installed_solver, refuse_bool_numbers
 
 __all__ = [
     "BacktestSpec",
@@ -29,6 +29,7 @@ __all__ = [
     "TUNABLE",
     "TuningParam",
     "TuningSpec",
+    "check_date",
     "load_spec",
 ]
 
@@ -45,23 +46,6 @@ class _Strict(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, data):
         return refuse_bool_numbers(cls, data)
-
-
-def check_date(value: str | None) -> str | None:
-    """A date string that pandas can read (``YYYY-MM-DD``), else ValueError naming it."""
-    if value is None:
-        return value
-    import re
-
-    import pandas as pd
-
-    if not re.fullmatch(r"\s*\d{4}-\d{1,2}-\d{1,2}([ T][0-9:.+-]*)?\s*", str(value)):
-        raise ValueError(f"cannot read the date {value!r}; use YYYY-MM-DD")
-    try:
-        pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"cannot read the date {value!r} ({exc}); use YYYY-MM-DD") from None
-    return value
 
 
 class DataSpec(_Strict):
@@ -93,9 +77,15 @@ class BacktestSpec(_Strict):
     initial_value: Annotated[float, Field(gt=0)] = 1e6
     initial: Literal["equal", "cash"] = "equal"
     solver: str = "CLARABEL"
-    fallback_solver: str | None = Field(
+    fallback_solver: str | list[str] | None = Field(
         default=None,
-        description="Solver tried when `solver` fails at a date (cvxportfolio's fallback).",
+        description="Solver, or list of solvers tried in order, when `solver` fails at a date "
+        "or returns an inaccurate solution (e.g. stopped by max_iter).",
+    )
+    inaccurate: Literal["warn", "error"] = Field(
+        default="warn",
+        description="A solve that ends inaccurate after every fallback: 'warn' uses it, counts "
+        "it in the results and warns naming the date; 'error' stops the policy at that date.",
     )
     solver_options: dict[str, float | int | bool | str] = Field(
         default_factory=dict,
@@ -104,19 +94,20 @@ class BacktestSpec(_Strict):
 
     _dates = field_validator("start", "end")(classmethod(lambda cls, v: check_date(v)))
 
-    @field_validator("solver", "fallback_solver")
+    @field_validator("solver")
     @classmethod
-    def _installed(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        import cvxpy as cp
+    def _installed(cls, value: str) -> str:
+        return installed_solver(value)
 
-        installed = cp.installed_solvers()
-        if value.upper() not in installed:
-            raise ValueError(
-                f"solver {value!r} is not installed; installed solvers: {', '.join(installed)}."
-            )
-        return value.upper()
+    @field_validator("fallback_solver")
+    @classmethod
+    def _chain(cls, value: str | list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        chain = [value] if isinstance(value, str) else list(value)
+        if not chain:
+            return None
+        return [installed_solver(v) for v in chain]
 
 
 class CostsSpec(_Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 import typing
 
-__all__ = ["refuse_bool_numbers", "takes_number"]
+__all__ = ["check_date", "installed_solver", "refuse_bool_numbers", "takes_number"]
 
 
 def takes_number(annotation) -> bool:
@@ -37,3 +37,32 @@ def refuse_bool_numbers(model, data):
                     f"{name} must be a number, got {str(value).lower()}; write e.g. {name} = 1.0."
                 )
     return data
+
+
+def check_date(value: str | None) -> str | None:
+    """A date string that pandas can read (``YYYY-MM-DD``), else ValueError naming it."""
+    if value is None:
+        return value
+    import re
+
+    import pandas as pd
+
+    if not re.fullmatch(r"\s*\d{4}-\d{1,2}-\d{1,2}([ T][0-9:.+-]*)?\s*", str(value)):
+        raise ValueError(f"cannot read the date {value!r}; use YYYY-MM-DD")
+    try:
+        pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"cannot read the date {value!r} ({exc}); use YYYY-MM-DD") from None
+    return value
+
+
+def installed_solver(value: str) -> str:
+    """``value`` upper-cased if cvxpy has that solver installed, else ValueError listing them."""
+    import cvxpy as cp
+
+    installed = cp.installed_solvers()
+    if value.upper() not in installed:
+        raise ValueError(
+            f"solver {value!r} is not installed; installed solvers: {', '.join(installed)}."
+        )
+    return value.upper()

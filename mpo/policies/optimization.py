@@ -117,7 +117,7 @@ class OptimizationKind(PolicyKind):
             self.objective(universe, trading_calendar),
             constraints_of(spec),
             planning_horizon=spec.objective.planning_horizon,
-            fallback_solver=spec.backtest.fallback_solver,
+            fallback_solver=(spec.backtest.fallback_solver or [None])[0],
             **kwargs,
         )
 
