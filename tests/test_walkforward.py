@@ -399,7 +399,7 @@ def test_a_solver_failure_is_retried_once_with_the_fallback_solver(market, tmp_p
     folds = make_folds(market.calendar, train="80d", test="60d", purge=6, history=40)[:1]
     task = StitchTask("main", spec, tuple(folds), str(tmp_path), str(tmp_path / "spo"), "fp")
     out = run_stitch(task, market)
-    assert calls == [[None], ["SCS"]]
+    assert calls == [[None], [["SCS"]]]
     assert out["fallback"] == {
         "solver": "SCS",
         "after": "policy 'spo' at 2011-02-01: the solver failed",
