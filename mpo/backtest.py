@@ -76,6 +76,8 @@ class PolicyResult:
     turnover: pd.Series
     seconds_per_period: float
     metrics: dict = field(default_factory=dict)
+    #: Solves that did not end accurately with the primary solver (:class:`SolveLog` counts).
+    solves: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -89,24 +91,49 @@ class BacktestRun:
     seed: int = 0
     #: Policies whose backtest failed (infeasible, solver failure, bankrupt): name -> reason.
     failures: dict[str, str] = field(default_factory=dict)
+    #: A failed policy's record up to its last completed decision: name -> frame of
+    #: pre-trade ``value`` and post-trade weights by decision date (``partial.parquet``).
+    partials: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """One row of metrics per policy, Hold first."""
         return pd.DataFrame({name: r.metrics for name, r in self.results.items()}).T
+
+    def last_decision(self) -> str | None:
+        """Date of the last decision: the period before :attr:`end` (its return ends at end)."""
+        idx = next((r.returns.index for r in self.results.values()), None)
+        return None if idx is None or not len(idx) else str(idx[-1].date())
 
     def save(self, run_dir: str | Path) -> Path:
         """Write series as parquet and metrics/config/provenance as JSON (atomically)."""
         run_dir = Path(run_dir)
         for name, r in self.results.items():
             save_result(r, run_dir / name)
+        for name, frame in self.partials.items():
+            write_parquet(frame, run_dir / name / "partial.parquet")
         write_json(
             {
                 "metrics": self.table().to_dict(orient="index"),
                 "specs": {n: r.spec.model_dump() for n, r in self.results.items()},
                 "data": self.market.describe(),
-                "window": {"start": str(self.start.date()), "end": str(self.end.date())},
+                "window": {
+                    "start": str(self.start.date()),
+                    "end": str(self.end.date()),
+                    "last_decision": self.last_decision(),
+                    "convention": "decisions from start to the period before end; the row "
+                    "dated t is the return from t to the next date, so prices from start to end",
+                },
                 "seed": self.seed,
                 "failures": self.failures,
+                "partial": {
+                    n: {
+                        "file": f"{n}/partial.parquet",
+                        "periods": len(f),
+                        "through": str(f.index[-1].date()) if len(f) else None,
+                    }
+                    for n, f in self.partials.items()
+                },  # fmt: skip
+                "solves": {n: r.solves for n, r in self.results.items()},
                 "versions": package_versions(),
                 "created": pd.Timestamp.now().isoformat(timespec="seconds"),
             },
@@ -162,13 +189,19 @@ def load_result(folder: str | Path, spec: PolicySpec, name: str | None = None) -
 
 
 class _Progress(cvx.policies.Policy):
-    """Transparent wrapper: advances a progress bar, remembers the date, calls ``on_period``."""
+    """Transparent wrapper: advances a progress bar, remembers the date, calls ``on_period``.
+
+    It also keeps each completed decision's pre-trade value and post-trade
+    weights, the partial record saved when a later decision fails.
+    """
 
     def __init__(self, policy, bar: tqdm | None = None, on_period=None):
         self.policy = policy
         self._bar = bar
         self._on_period = on_period
         self.last_t: pd.Timestamp | None = None
+        self._record: list[tuple[pd.Timestamp, float, np.ndarray]] = []
+        self._columns = None
 
     def values_in_time(self, t, current_portfolio_value, past_returns, **kwargs):
         self.last_t = t
@@ -176,7 +209,21 @@ class _Progress(cvx.policies.Policy):
             self._bar.update(1)
         if self._on_period is not None:
             self._on_period(t, current_portfolio_value, past_returns)
-        return self.policy.current_value
+        w = self.policy.current_value
+        if isinstance(w, pd.Series):
+            self._columns = w.index
+            self._record.append((t, float(current_portfolio_value), w.to_numpy(copy=True)))
+        return w
+
+    def partial(self) -> pd.DataFrame:
+        """Completed decisions so far: ``value`` (pre-trade) and post-trade weights."""
+        if not self._record:
+            return pd.DataFrame({"value": pd.Series(dtype=float)})
+        index = pd.DatetimeIndex([t for t, _, _ in self._record], name="date")
+        weights = pd.DataFrame(np.vstack([w for _, _, w in self._record]), index=index,
+                               columns=[str(c) for c in self._columns])  # fmt: skip
+        return pd.concat([pd.Series([v for _, v, _ in self._record], index=index,
+                                    name="value"), weights], axis=1)  # fmt: skip
 
 
 def _window(
@@ -314,10 +361,11 @@ def simulate(
     ``run_backtests``, tuning trials and walk-forward folds all call this: the
     same initial portfolio rule, the same simulator, the same extraction of
     returns, weights, trades and dollar costs per cost term, and the same
-    errors. ``on_period(t, value, past_returns)`` is called before every
-    decision (tuning prunes through it). Infeasible programs raise
+    errors. ``on_period(t, value, past_returns)`` is called at every
+    period (tuning prunes through it). Infeasible programs raise
     :class:`InfeasibleError`, solver failures :class:`mpo.errors.SolverError`;
-    both name the policy and the date.
+    both name the policy and the date, and carry ``partial``: the completed
+    decisions' values and weights (:meth:`_Progress.partial`).
     """
     name = name or spec.name
     h0 = initial_holdings(spec, market.tickers, market.cash_key) if h0 is None else h0
@@ -333,28 +381,44 @@ def simulate(
 
     tic = time.perf_counter()
     try:
-        res = simulator.backtest(wrapper, start_time=start, end_time=end, h=h0)
-    except (cvx.errors.ProgramInfeasible, cvx.errors.ProgramUnbounded) as exc:
-        raise InfeasibleError(
-            f"policy {name!r} at {at()}: {exc} Check [constraints] (e.g. min_weight * n "
-            "<= leverage, max_weight * n >= 1 when fully invested)."
-        ) from None
-    except cvx.errors.DataError as exc:
-        if "negative portfolio value" not in str(exc):
-            raise
-        raise InfeasibleError(
-            f"policy {name!r} went bankrupt at {at()}: its portfolio value fell to zero or "
-            "below (check leverage, shorting limits and the data for price spikes)."
-        ) from None
-    except (cvx.errors.PortfolioOptimizationError, cp.error.SolverError) as exc:
-        raise SolverError(
-            f"policy {name!r} at {at()}: the solver failed ({type(exc).__name__}: "
-            f"{exc}). Try another [backtest] solver, or loosen solver_options tolerances."
-        ) from None
+        try:
+            res = simulator.backtest(wrapper, start_time=start, end_time=end, h=h0)
+        except (cvx.errors.ProgramInfeasible, cvx.errors.ProgramUnbounded) as exc:
+            raise InfeasibleError(
+                f"policy {name!r} at {at()}: {exc} Check [constraints] (e.g. min_weight * n "
+                "<= leverage, max_weight * n >= 1 when fully invested)."
+            ) from None
+        except cvx.errors.DataError as exc:
+            if "negative portfolio value" not in str(exc):
+                raise
+            raise InfeasibleError(
+                f"policy {name!r} went bankrupt at {at()}: its portfolio value fell to zero or "
+                "below (check leverage, shorting limits and the data for price spikes)."
+            ) from None
+        except (cvx.errors.PortfolioOptimizationError, cp.error.SolverError) as exc:
+            raise SolverError(
+                f"policy {name!r} at {at()}: the solver failed ({type(exc).__name__}: "
+                f"{exc}). Try another [backtest] solver or a [backtest] fallback_solver list, "
+                "or loosen solver_options tolerances."
+            ) from None
+    except (InfeasibleError, SolverError) as exc:
+        exc.partial = wrapper.partial()
+        raise
     finally:
         bar.close()
     seconds = (time.perf_counter() - tic) / max(n_periods, 1)
-    return _extract(name, spec, res, market, seconds)
+    result = _extract(name, spec, res, market, seconds)
+    log = getattr(policy, "solve_log", None)
+    if log is not None:
+        result.solves = log.counts()
+        if log.events:
+            c = result.solves
+            logger.warning(
+                "policy %r: %d of %d solves used a fallback solver and %d an inaccurate "
+                "solution (first: %s); counted in run.json 'solves'.",
+                name, c["fallback"], c["periods"], c["inaccurate"], ", ".join(c["dates"][:3]),
+            )  # fmt: skip
+    return result
 
 
 def _as_entries(items) -> list[tuple[PolicySpec, UserPolicy | None]]:
@@ -399,6 +463,7 @@ def run_backtests(
     progress: bool = True,
     seed: int = 0,
     on_failure: str = "raise",
+    on_result=None,
 ) -> BacktestRun:
     """Backtest every spec (and Hold) on ``market`` over the same window.
 
@@ -423,7 +488,11 @@ def run_backtests(
     on_failure
         ``"raise"``: a policy that fails (infeasible, solver failure,
         bankrupt) raises its error; ``"record"``: its reason goes to
-        :attr:`BacktestRun.failures` and the other policies run on.
+        :attr:`BacktestRun.failures`, its record up to the failure to
+        :attr:`BacktestRun.partials`, and the other policies run on.
+    on_result
+        Called with each :class:`PolicyResult` as soon as its backtest ends
+        (the CLI saves it at once, so a later failure or kill loses nothing).
     """
     if on_failure not in ("raise", "record"):
         raise SpecError(f"on_failure must be 'raise' or 'record', got {on_failure!r}.")
@@ -444,6 +513,7 @@ def run_backtests(
     backtest_calendar = cal[first:last]
     results: dict[str, PolicyResult] = {}
     failures: dict[str, str] = {}
+    partials: dict[str, pd.DataFrame] = {}
     for spec, user in entries:
         if user is None:
             policy = build_policy(spec, market.tickers, backtest_calendar)
@@ -464,15 +534,19 @@ def run_backtests(
             if on_failure == "raise":
                 raise
             failures[spec.name] = str(exc)
+            partials[spec.name] = getattr(exc, "partial", None)
             logger.error("%s", exc)
             continue
+        if on_result is not None:
+            on_result(results[spec.name])
         ms = 1e3 * results[spec.name].seconds_per_period
         logger.info("%s: %.1f ms per period", spec.name, ms)
     if not results:
         raise InfeasibleError("every policy failed: " + "; ".join(failures.values()))
     run = BacktestRun(
-        results=results, market=market, start=t0, end=t1, seed=seed, failures=failures
-    )
+        results=results, market=market, start=t0, end=t1, seed=seed, failures=failures,
+        partials={k: v for k, v in partials.items() if v is not None},
+    )  # fmt: skip
     _add_metrics(run)
     return run
 
@@ -489,6 +563,8 @@ def _add_metrics(run: BacktestRun) -> None:
     for r in run.results.values():
         m = result_metrics(r, run.seed)
         m["ms_per_period"] = 1e3 * r.seconds_per_period
+        m["fallback_solves"] = r.solves.get("fallback", 0)
+        m["inaccurate_solves"] = r.solves.get("inaccurate", 0)
         r.metrics = m
     ref = next((r for r in run.results.values() if kind_of(r.spec).is_reference), None)
     if ref is None:

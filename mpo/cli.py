@@ -152,6 +152,11 @@ def _run(
                 "every policy has enough history (set --backtest-start/--backtest-end to choose)."
             )
             bt_start = bt_end = None
+    from mpo.backtest import save_result
+    from mpo.io import new_run_dir
+
+    name = "-".join(s.name for s in specs)[:60].rstrip(".-_")
+    run_dir = new_run_dir(out, name)
     run = run_backtests(
         specs,
         market,
@@ -160,15 +165,24 @@ def _run(
         progress=not no_progress,
         seed=seed,
         on_failure="record",
+        on_result=lambda r: save_result(r, run_dir / r.name),  # each saved as it finishes
     )
     for name, reason in run.failures.items():
         typer.secho(f"FAILED {name}: {reason}", fg=typer.colors.RED, err=True)
-    typer.echo(f"backtest: {run.start.date()} to {run.end.date()}\n")
+    typer.echo(
+        f"backtest: {run.start.date()} to {run.end.date()} (decisions up to "
+        f"{run.last_decision()}, whose return ends at {run.end.date()}'s price)\n"
+    )
     typer.echo(format_table(run.table()))
-    from mpo.io import new_run_dir
-
-    name = "-".join(s.name for s in specs)[:60].rstrip(".-_")
-    run_dir = run.save(new_run_dir(out, name))
+    for r in run.results.values():
+        if r.solves.get("fallback") or r.solves.get("inaccurate"):
+            typer.secho(
+                f"note: {r.name}: {r.solves['fallback']} of {r.solves['periods']} solves used a "
+                f"fallback solver and {r.solves['inaccurate']} an inaccurate solution (dates in "
+                "run.json 'solves').",
+                fg=typer.colors.YELLOW,
+            )
+    run_dir = run.save(run_dir)
     if report:
         from mpo.report import write_report
 

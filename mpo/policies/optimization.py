@@ -17,6 +17,7 @@ import cvxportfolio as cvx
 
 from mpo.forecast.kinds import FORECASTS, RISK_MODELS
 from mpo.policies.base import POLICY_KINDS, PolicyKind, cost_model
+from mpo.policies.solving import ChainedOptimization
 
 __all__ = ["IGNORE_DPP_FROM", "MPOKind", "OptimizationKind", "SPOKind", "constraints_of"]
 
@@ -113,11 +114,13 @@ class OptimizationKind(PolicyKind):
         kwargs = {"solver": spec.backtest.solver, **spec.backtest.solver_options}
         if len(universe) >= IGNORE_DPP_FROM:
             kwargs["ignore_dpp"] = True
-        return cvx.MultiPeriodOptimization(
+        return ChainedOptimization(
             self.objective(universe, trading_calendar),
             constraints_of(spec),
             planning_horizon=spec.objective.planning_horizon,
-            fallback_solver=(spec.backtest.fallback_solver or [None])[0],
+            solver_chain=spec.backtest.fallback_solver or (),
+            inaccurate=spec.backtest.inaccurate,
+            policy_name=spec.name,
             **kwargs,
         )
 
