@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mpo.data.dates import local_dates
 from mpo.data.market import DEFAULT_MAX_FFILL, MarketData
 from mpo.errors import DataError
 
@@ -44,19 +45,22 @@ def _find(directory: Path, kind: str) -> Path | None:
 
 
 def _parse_dates(raw: pd.Index, path: Path) -> pd.DatetimeIndex:
-    """Dates of ``path``'s first column; a value that does not parse is named."""
+    """Dates of ``path``'s first column as exchange-local days; a value that does not parse is named.
+
+    Timestamps with a UTC offset (``2020-03-06 00:00:00-05:00``, as saved from
+    yfinance), also with different offsets across a DST change, become the
+    calendar day of their own clock (:func:`mpo.data.dates.local_dates`).
+    """
     if isinstance(raw, pd.DatetimeIndex):
-        return raw.rename("Date")
+        return local_dates(raw, path.name)
     values = pd.Series(raw, dtype=object)
-    parsed = pd.to_datetime(values.astype(str), errors="coerce")
-    bad = parsed.isna() | values.isna()
-    if bad.any():
-        pos = int(np.argmax(bad.to_numpy()))
-        raise DataError(
-            f"{path.name}: cannot parse the date {values.iloc[pos]!r} on data row {pos + 1}. "
-            "The first column must hold one date per row in one format, e.g. 2020-01-31."
-        )
-    return pd.DatetimeIndex(parsed, name="Date")
+    try:
+        parsed = pd.to_datetime(values.astype(str), errors="coerce")
+    except (ValueError, TypeError):  # mixed UTC offsets (a DST change), or naive and aware
+        return local_dates(values, path.name)
+    if (parsed.isna() | values.isna()).any():
+        return local_dates(values, path.name)  # names the bad value
+    return local_dates(pd.DatetimeIndex(parsed), path.name)  # tz-aware: local days
 
 
 def _to_numeric(frame: pd.DataFrame, path: Path) -> pd.DataFrame:

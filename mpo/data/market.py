@@ -50,8 +50,8 @@ def _check_index(index: pd.Index, what: str) -> None:
         )
     if index.tz is not None:
         raise DataError(
-            f"{what} has a timezone-aware index ({index.tz}); mpo uses tz-naive dates. "
-            "Use frame.tz_localize(None)."
+            f"{what} has a timezone-aware index ({index.tz}); mpo uses tz-naive exchange-local "
+            "dates: frame.index = frame.index.tz_localize(None).normalize()."
         )
     dup = index[index.duplicated()]
     if len(dup):

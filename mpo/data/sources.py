@@ -39,6 +39,7 @@ from typing import Protocol
 import pandas as pd
 
 from mpo.data.bundled import load_dow30_2014, load_sp20
+from mpo.data.dates import DEFAULT_MAX_DATE_GAP, check_date_gaps
 from mpo.data.files import load_files
 from mpo.data.market import MarketData, check_price_spikes, warn_stale_prices
 from mpo.data.synthetic import make_synthetic
@@ -246,6 +247,7 @@ def load_market_data(
     n_assets: int | None = None,
     n_periods: int | None = None,
     max_jump: float | None = 5.0,
+    max_date_gap: float | None = DEFAULT_MAX_DATE_GAP,
 ) -> MarketData:
     """Load market data by source name, then select ``tickers`` and the dates ``[start, end]``.
 
@@ -272,6 +274,11 @@ def load_market_data(
         one-period move by more than this factor that reverses the next period
         is an error naming ticker and date; ``None`` disables it (the spec's
         ``[data] max_jump``).
+    max_date_gap
+        Calendar check (:func:`mpo.data.dates.check_date_gaps`): a step between
+        consecutive dates of more than this many times their median spacing (10
+        calendar days for daily data) is an error naming the dates; ``None``
+        disables it (the spec's ``[data] max_date_gap``).
 
     Returns
     -------
@@ -308,6 +315,8 @@ def load_market_data(
         data = data.select(list(tickers))
     if start is not None or end is not None:
         data = data.slice(start, end)
+    if max_date_gap is not None:
+        check_date_gaps(data.calendar, max_date_gap, data.name)
     if max_jump is not None:
         check_price_spikes(data, max_jump)
     if data.prices is not None:

@@ -13,6 +13,14 @@ downloaded again to absorb revisions. Prices are dividend/split adjusted
 whole adjusted history: when the re-downloaded overlap day disagrees with the
 cached close, the ticker's full covered range is downloaded again. A failed
 download never touches a ticker's cached file.
+
+No network call is made when the cache covers the request. When a refresh
+fails (network unreachable, rate limit, no data) for a ticker whose cache covers
+the request up to today's still-moving bar, the cache serves it, with a warning
+naming the failure and the last cached date; otherwise the error says whether
+the network was unreachable or Yahoo returned no data (see
+:mod:`mpo.data.failures`). Timestamps become exchange-local calendar days
+(:func:`mpo.data.dates.local_dates`), across DST changes too.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
+from mpo.data import failures
 from mpo.data.cache import COLUMNS, DEFAULT_CACHE_DIR, CachedHistory, PriceCache
+from mpo.data.dates import local_dates
 from mpo.data.market import DEFAULT_MAX_FFILL, MarketData
-from mpo.errors import DataError, DownloadError
+from mpo.errors import DataError, DownloadError, MpoError
 
 __all__ = ["PriceVolume", "download_prices", "load_yfinance", "parse_download"]
 
@@ -146,28 +156,38 @@ def parse_download(
         if block.empty:
             failed.append(ticker)
             continue
-        index = pd.DatetimeIndex(block.index, name="Date")
-        block.index = index.tz_localize(None) if index.tz is not None else index
+        index = block.index
+        block.index = local_dates(
+            index if isinstance(index, pd.DatetimeIndex) else list(index), f"yfinance {ticker}"
+        )
         ok[ticker] = block.sort_index()
     return ok, failed
 
 
 # --------------------------------------------------------------------------- network
+#: ``frame.attrs`` key of the errors yfinance logged per ticker during the call.
+_LOGGED = "yfinance_errors"
+
+
 def _call_yfinance(
     tickers: list[str], start: pd.Timestamp, end: pd.Timestamp, threads: bool | int
 ) -> pd.DataFrame:
-    """The one place that calls the network."""
+    """The one place that calls the network; the errors yfinance logged go in ``attrs``."""
     import yfinance
 
-    return yfinance.download(
-        tickers,
-        start=start.strftime("%Y-%m-%d"),
-        end=end.strftime("%Y-%m-%d"),
-        auto_adjust=True,
-        progress=False,
-        group_by="column",
-        threads=threads,
-    )
+    with failures.YahooErrorLog() as log:
+        frame = yfinance.download(
+            tickers,
+            start=start.strftime("%Y-%m-%d"),
+            end=end.strftime("%Y-%m-%d"),
+            auto_adjust=True,
+            progress=False,
+            group_by="column",
+            threads=threads,
+        )
+    if isinstance(frame, pd.DataFrame) and log.by_ticker:
+        frame.attrs[_LOGGED] = dict(log.by_ticker)
+    return frame
 
 
 def _download_with_retries(
@@ -179,11 +199,11 @@ def _download_with_retries(
     backoff: float,
     threads: bool | int,
     sleep: Callable[[float], None],
-) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
-    """Download, retrying only the failed tickers; return (ok, failed -> reason)."""
+) -> tuple[dict[str, pd.DataFrame], dict[str, failures.Failure]]:
+    """Download, retrying only the failed tickers; return (ok, failed -> why)."""
     ok: dict[str, pd.DataFrame] = {}
     pending = list(tickers)
-    reasons: dict[str, str] = {}
+    reasons: dict[str, failures.Failure] = {}
     for attempt in range(retries + 1):
         if attempt:
             delay = backoff * 2 ** (attempt - 1)
@@ -199,13 +219,14 @@ def _download_with_retries(
         try:
             frame = _call_yfinance(pending, start, end, threads)
             got, failed = parse_download(frame, pending)
-            reason = "no data returned (unknown or delisted symbol, or rate limited)"
-        except DownloadError:
+            logged = frame.attrs.get(_LOGGED, {})
+            reasons = {t: failures.from_log(logged.get(t)) for t in failed}
+        except MpoError:
             raise
         except Exception as exc:  # yfinance normally swallows errors; be safe if it does not
-            got, failed, reason = {}, list(pending), f"{type(exc).__name__}: {exc}"
+            got, failed = {}, list(pending)
+            reasons = dict.fromkeys(failed, failures.from_exception(exc))
         ok.update(got)
-        reasons = dict.fromkeys(failed, reason)
         pending = failed
         if not pending:
             break
@@ -282,7 +303,7 @@ def _fetch_all(
     *,
     revision_rtol: float,
     **download_kwargs,
-) -> tuple[dict[str, _Fetch], dict[str, str]]:
+) -> tuple[dict[str, _Fetch], dict[str, failures.Failure]]:
     """Run the planned downloads, write successes to the cache.
 
     Returns the follow-up full downloads needed where the adjustment basis
@@ -292,7 +313,7 @@ def _fetch_all(
     for ticker, fetch in plans.items():
         groups.setdefault(fetch, []).append(ticker)
     redo: dict[str, _Fetch] = {}
-    failed: dict[str, str] = {}
+    failed: dict[str, failures.Failure] = {}
     for fetch, group in groups.items():
         logger.info(
             "yfinance: downloading %s from %s to %s (end exclusive).",
@@ -332,6 +353,65 @@ def _wide(caches: dict[str, CachedHistory | None], start, end, field: str) -> pd
     wide.index = pd.DatetimeIndex(wide.index, name="Date")
     wide.columns.name = None
     return wide.astype(float)
+
+
+def _covers(
+    cached: CachedHistory | None, request: tuple[pd.Timestamp, pd.Timestamp], today: pd.Timestamp
+) -> bool:
+    """Whether the cache covers the request, today's (still moving, never cached) bar aside."""
+    return (
+        cached is not None
+        and cached.covered_start <= request[0]
+        and cached.covered_end >= min(request[1], today)
+    )
+
+
+def _serve_stale(
+    ticker: str, why: failures.Failure, cached: CachedHistory, store: PriceCache
+) -> None:
+    last = cached.frame.index[-1].date() if len(cached.frame) else cached.covered_start.date()
+    logger.warning(
+        "yfinance: refreshing %s failed: %s; using its cached data up to %s (%s). Rerun when "
+        "Yahoo is reachable to add newer dates.",
+        ticker,
+        why,
+        last,
+        store.path(ticker),
+    )
+
+
+def _cache_note(ticker: str, cached: CachedHistory | None) -> str:
+    if cached is None or not len(cached.frame):
+        return f"{ticker} has no cache"
+    return (
+        f"{ticker} is cached from {cached.covered_start.date()} to {cached.frame.index[-1].date()}"
+    )
+
+
+def _download_error(
+    failed: dict[str, failures.Failure],
+    caches: dict[str, CachedHistory | None],
+    request: tuple[pd.Timestamp, pd.Timestamp],
+    retries: int,
+) -> DownloadError:
+    """One message: which tickers failed, why (network, rate limit, no data), what to do."""
+    names = sorted(failed)
+    kinds = {failed[t].kind for t in names}
+    details = "; ".join(f"{t}: {failed[t]}" for t in names)
+    offline = ""
+    if "network" in kinds:
+        notes = ", ".join(_cache_note(t, caches[t]) for t in names if failed[t].kind == "network")
+        offline = (
+            f" To work offline, request only dates the cache covers ({notes}), or pass "
+            "refresh=False to use the cache alone."
+        )
+    what = "the network is unreachable" if kinds == {"network"} else "download failed"
+    return DownloadError(
+        f"yfinance: {what} for {len(names)} ticker(s) {names} between {request[0].date()} and "
+        f"{request[1].date()} after {retries + 1} attempt(s) ({details}). "
+        f"{failures.hint(kinds)}; their cached data (if any) is unchanged.{offline}",
+        tuple(names),
+    )
 
 
 # --------------------------------------------------------------------------- public
@@ -395,8 +475,11 @@ def download_prices(
     ------
     DownloadError
         If any ticker still fails after the retries (``failed_tickers`` names
-        them). Tickers that succeeded are cached before it is raised; the
-        failed ones keep their previous cache file untouched.
+        them), saying whether the network was unreachable or Yahoo returned no
+        data. Tickers that succeeded are cached before it is raised; the failed
+        ones keep their previous cache file untouched. A failed ticker whose
+        cache covers ``[start, end)`` (today's bar aside) is served from the
+        cache with a warning instead.
     DataError
         For malformed arguments.
     """
@@ -420,22 +503,16 @@ def download_prices(
             "yfinance: %s served from the cache in %s.", ", ".join(symbols), store.directory
         )
     kwargs = dict(retries=retries, backoff=backoff, threads=threads, sleep=sleep or time.sleep)
-    failed: dict[str, str] = {}
+    failed: dict[str, failures.Failure] = {}
     while plans:
         plans, bad = _fetch_all(
             plans, caches, store, request, now, revision_rtol=revision_rtol, **kwargs
         )
         failed.update(bad)  # follow-up plans are full re-downloads: they cannot loop
+    for ticker in [t for t in failed if _covers(caches[t], request, now)]:
+        _serve_stale(ticker, failed.pop(ticker), caches[ticker], store)
     if failed:
-        names = sorted(failed)
-        details = "; ".join(f"{t}: {failed[t]}" for t in names)
-        raise DownloadError(
-            f"yfinance download failed for {len(names)} ticker(s) {names} between "
-            f"{request[0].date()} and {request[1].date()} after {retries + 1} attempt(s) "
-            f"({details}). Check the symbols on finance.yahoo.com, drop them, or wait and "
-            "retry if rate limited; their cached data (if any) is unchanged.",
-            tuple(names),
-        )
+        raise _download_error(failed, caches, request, retries)
     return PriceVolume(
         prices=_wide(caches, *request, field="Close"),
         volumes=_wide(caches, *request, field="dollar"),

@@ -10,6 +10,7 @@ kind strings.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import ClassVar
 
@@ -17,6 +18,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mpo.costs import CostModel
+from mpo.data.dates import frequency
 from mpo.registry import Registry
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "build_policy",
     "cost_model",
     "kind_of",
+    "lookback_note",
     "required_history",
 ]
 
@@ -109,6 +112,8 @@ def build_policy(
     spec,
     universe: list[str],
     trading_calendar: pd.DatetimeIndex | None = None,
+    *,
+    data_name: str | None = None,
 ):
     """Turn a spec into a cvxportfolio policy for the given universe.
 
@@ -120,6 +125,100 @@ def build_policy(
         Tickers (without cash).
     trading_calendar
         Backtest dates; equal weight rebalances on them and file-based
-        forecasts and risk models are validated against them.
+        forecasts and risk models are validated against them. When they are not
+        daily, a warning (once per process and message) states what each
+        lookback of the spec means in calendar time (:func:`lookback_note`).
+    data_name
+        Name of the data, for that warning.
     """
-    return kind_of(spec).build(list(universe), trading_calendar)
+    kind = kind_of(spec)
+    if trading_calendar is not None:
+        note = lookback_note(spec, trading_calendar, data_name=data_name, kind=kind)
+        if note:
+            _warn_once(note)
+    return kind.build(list(universe), trading_calendar)
+
+
+#: Spec settings counted in periods of the data: (section, field).
+_PERIOD_SETTINGS = (
+    ("forecast", "lookback"),
+    ("forecast", "halflife"),
+    ("risk", "lookback"),
+    ("costs", "sigma_span"),
+    ("costs", "volume_span"),
+)
+
+
+def _settings_read(spec, kind: PolicyKind) -> list[tuple[str, float]]:
+    """The period settings that ``kind``'s required history depends on, with their values.
+
+    Found by asking the kind again with each setting made huge: what it reads
+    changes its answer (no kind names compared). Learned kinds read their
+    checkpoint's windows, not these sections: only the cost spans are tried.
+    """
+    base = kind.required_history()
+    out = []
+    for section, name in _PERIOD_SETTINGS:
+        if kind.learned and section != "costs":
+            continue
+        value = getattr(getattr(spec, section), name)
+        huge = type(value)(value + 10**6)
+        try:
+            other = type(kind)(spec.with_updates(**{section: {name: huge}})).required_history()
+        except Exception:  # the spec does not take the probe: say nothing about the setting
+            continue
+        if other != base:
+            out.append((f"[{section}] {name}", value))
+    return out
+
+
+def _years(periods: float, per_year: float) -> str:
+    years = periods / per_year
+    return f"{years:.1f} years" if years >= 1 else f"{12 * years:.1f} months"
+
+
+def lookback_note(
+    spec,
+    calendar: pd.DatetimeIndex,
+    *,
+    data_name: str | None = None,
+    kind: PolicyKind | None = None,
+) -> str | None:
+    """What the spec's lookbacks mean in calendar time on non-daily ``calendar`` (None if daily).
+
+    Lookbacks, halflives and spans count periods of the data: on weekly data
+    ``[forecast] lookback = 504`` spans about 9.7 years, not two. The note
+    names the data's frequency, each period setting the policy reads with its
+    calendar span, and the history the policy needs. A warning rather than an
+    error: weekly or monthly data are legitimate and periods are a consistent
+    unit (metrics annualise with the data's own periods per year); what must
+    not happen is a lookback silently meaning five times what its author
+    thought. The Hold reference reads no lookback and gets no note.
+    """
+    kind = kind or kind_of(spec)
+    if len(calendar) < 3 or kind.is_reference:
+        return None
+    freq = frequency(pd.DatetimeIndex(calendar))
+    if freq.is_daily:
+        return None
+    per_year = max(round(freq.periods_per_year), 1)
+    spans = [
+        f"{label} = {value:g} periods spans {_years(value, per_year)}"
+        for label, value in _settings_read(spec, kind)
+    ]
+    need = kind.required_history()
+    data = f"data {data_name!r}" if data_name else "the data"
+    return (
+        f"policy {spec.name!r}: {data} are {freq.label} ({per_year} periods per year, "
+        f"{calendar[0].date()} to {calendar[-1].date()}): lookbacks count periods of the data, "
+        f"not days: {'; '.join(spans) + '; ' if spans else ''}the policy needs {need} periods "
+        f"({_years(need, per_year)}) of history before its first decision. Scale lookbacks, "
+        f"halflives, spans and rebalance_every to the data (e.g. lookback = {2 * per_year} "
+        f"for two years of {freq.label} data)."
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_once(message: str) -> None:
+    """``logger.warning`` each distinct message once per process (tuning builds per trial)."""
+    logger.warning(message)
