@@ -65,6 +65,11 @@ class DataSpec(_Strict):
         description="Price-sanity check: a one-period move by more than this factor that "
         "reverses is an error (0 disables).",
     )
+    max_date_gap: Annotated[float, Field(ge=0)] = Field(
+        default=10.0,
+        description="Calendar check: a step between dates of more than this many median "
+        "spacings (10 days for daily data) is an error (0 disables).",
+    )
 
     _dates = field_validator("start", "end")(classmethod(lambda cls, v: check_date(v)))
 
