@@ -439,3 +439,14 @@ def test_a_dst_aware_download_is_cached_as_local_days(monkeypatch, net, tmp_path
     expected = net.history["AAPL"].loc[START:END, "Close"]
     assert got.prices.index.equals(pd.DatetimeIndex(expected.index, name="Date"))
     assert {"2022-03-11", "2022-03-14"} <= {str(d.date()) for d in got.prices.index}
+
+
+def test_the_step_after_a_window_end_is_checked_too(tmp_path, sp20_prices):
+    """The last return of a window runs to the next date of the data."""
+    prices = sp20_prices.loc["2019-06":"2020-12", ["AAPL", "AMD"]]
+    holed = prices.drop(prices.loc["2020-03-02":"2020-04-03"].index)
+    source = f"files:{_files(tmp_path, holed)}"
+    with pytest.raises(DataError, match=r"2020-02-28 to 2020-04-06 \(38 days\)"):
+        load_market_data(source, adv=1e8, end="2020-02-28")
+    load_market_data(source, adv=1e8, end="2020-02-27")
+    load_market_data(source, adv=1e8, start="2020-04-06")

@@ -313,10 +313,13 @@ def load_market_data(
         )
     if tickers is not None and list(data.tickers) != list(tickers):
         data = data.select(list(tickers))
+    full = data.calendar
     if start is not None or end is not None:
         data = data.slice(start, end)
     if max_date_gap is not None:
-        check_date_gaps(data.calendar, max_date_gap, data.name)
+        # the last return of a window runs to the next date of the data: check that step too
+        last = full.get_loc(data.calendar[-1])
+        check_date_gaps(full[full.get_loc(data.calendar[0]) : last + 2], max_date_gap, data.name)
     if max_jump is not None:
         check_price_spikes(data, max_jump)
     if data.prices is not None:

@@ -210,7 +210,7 @@ def _download_with_retries(
             logger.warning(
                 "yfinance: %d ticker(s) failed (%s); retry %d/%d in %.1fs.",
                 len(pending),
-                ", ".join(pending),
+                "; ".join(f"{t}: {reasons[t]}" for t in pending),
                 attempt,
                 retries,
                 delay,
