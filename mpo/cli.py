@@ -177,9 +177,9 @@ def _run(
     for r in run.results.values():
         if r.solves.get("fallback") or r.solves.get("inaccurate"):
             typer.secho(
-                f"note: {r.name}: {r.solves['fallback']} of {r.solves['periods']} solves used a "
-                f"fallback solver and {r.solves['inaccurate']} an inaccurate solution (dates in "
-                "run.json 'solves').",
+                f"note: {r.name}: of {r.solves['periods']} solves, {r.solves['fallback']} used a "
+                f"fallback solver and {r.solves['inaccurate']} an inaccurate solution "
+                f"({_statuses(r.solves)}; dates in run.json 'solves').",
                 fg=typer.colors.YELLOW,
             )
     run_dir = run.save(run_dir)
@@ -198,6 +198,11 @@ def _run(
             err=True,
         )
         raise typer.Exit(code=1)
+
+
+def _statuses(solves: dict) -> str:
+    """``"optimal_inaccurate x13"``: what the inaccurate solves ended with."""
+    return ", ".join(f"{k} x{v}" for k, v in solves.get("inaccurate_statuses", {}).items()) or "-"
 
 
 def _tune(

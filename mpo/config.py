@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mpo.config_constraints import ConstraintsSpec
 from mpo.errors import SpecError
-from mpo.validation import check_date, installed_solver, refuse_bool_numbers
+from mpo.validation import StrictModel, check_date, installed_solver
 
 __all__ = [
     "BacktestSpec",
@@ -37,15 +38,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNeg = Annotated[float, Field(ge=0)]
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors; numbers are finite and never booleans (``true`` is not 1)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data):
-        return refuse_bool_numbers(cls, data)
+_Strict = StrictModel  # every spec section: unknown keys, inf/nan and true-as-1 refused
 
 
 class DataSpec(_Strict):
@@ -310,32 +303,6 @@ class ObjectiveSpec(_Strict):
     planning_horizon: Annotated[int, Field(ge=1, le=60)] = 1
 
 
-class ConstraintsSpec(_Strict):
-    """Hard constraints of the optimisation policies."""
-
-    long_only: bool = True
-    min_weight: Annotated[float, Field(ge=-1, le=1)] | None = None
-    max_weight: Annotated[float, Field(gt=0, le=1)] | None = None
-    leverage: Annotated[float, Field(gt=0)] | None = 1.0
-    turnover: Annotated[float, Field(gt=0)] | None = Field(
-        default=None, description="cvxportfolio TurnoverLimit: sum|z| / 2 per period."
-    )
-    fully_invested: bool = False
-
-    @model_validator(mode="after")
-    def _bounds(self) -> ConstraintsSpec:
-        if (
-            self.min_weight is not None
-            and self.max_weight is not None
-            and self.min_weight > self.max_weight
-        ):
-            raise ValueError(
-                f"min_weight must be <= max_weight, got min_weight={self.min_weight}, "
-                f"max_weight={self.max_weight}."
-            )
-        return self
-
-
 #: Parameters ``mpo tune`` can search, with the spec section each lives in.
 TUNABLE = {
     "gamma_risk": "objective",
@@ -564,6 +531,7 @@ SPEC_FILE_FIELDS = {
     "forecast": ("path",),
     "risk": ("path", "exposures", "factor_covariance", "idiosyncratic"),
     "costs": ("sigma", "volume"),
+    "constraints": ("groups",),
     "learned": ("train_spec",),
 }
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import types
 import typing
 
-__all__ = ["check_date", "installed_solver", "refuse_bool_numbers", "takes_number"]
+from pydantic import BaseModel, ConfigDict, model_validator
+
+__all__ = [
+    "StrictModel",
+    "check_date",
+    "installed_solver",
+    "refuse_bool_numbers",
+    "takes_number",
+]
 
 
 def takes_number(annotation) -> bool:
@@ -66,3 +74,14 @@ def installed_solver(value: str) -> str:
             f"solver {value!r} is not installed; installed solvers: {', '.join(installed)}."
         )
     return value.upper()
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors; numbers are finite and never booleans (``true`` is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data):
+        return refuse_bool_numbers(cls, data)

@@ -56,8 +56,11 @@ def test_an_inaccurate_solution_is_used_counted_and_warned(
     assert r.solves["inaccurate"] == 6 and r.solves["fallback"] == 0
     assert r.metrics["inaccurate_solves"] == 6
     first = str(window["start"].date())
-    assert r.solves["dates"][0] == f"{first} inaccurate (CLARABEL)"
-    assert any(f"at {first}: using an inaccurate solution" in m for m in caplog.messages)
+    assert r.solves["dates"][0] == f"{first} inaccurate (CLARABEL: user_limit)"
+    assert r.solves["inaccurate_statuses"] == {"user_limit": 6}
+    # one warning per policy (not per period) names the count and the first dates
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "6 an inaccurate solution (first: " + first in warned[0]
     # really a different (inaccurate) answer, not silently the accurate one
     assert np.abs(r.weights.to_numpy() - reference.weights.to_numpy()).max() > 1e-3
 

@@ -84,6 +84,15 @@ class DMPOQPKind(_Learned, PolicyKind):
 
     @classmethod
     def validate(cls, spec) -> None:
+        c = spec.constraints
+        limits = [f for f in ("groups", "participation", "min_adv") if getattr(c, f) is not None]
+        if limits:
+            raise ValueError(
+                f"kind='dmpo_qp' decides with the trained QP layer (budget, long-only, turnover "
+                f"limit only) and cannot enforce [constraints] {', '.join(limits)}; use "
+                "kind='dmpo_mpo' (the learned views in cvxportfolio's MPO, where these limits "
+                "hold) or remove them."
+            )
         cls._check_checkpoint(spec)
 
     def required_history(self) -> int:

@@ -17,6 +17,7 @@ import cvxportfolio as cvx
 
 from mpo.forecast.kinds import FORECASTS, RISK_MODELS
 from mpo.policies.base import POLICY_KINDS, PolicyKind, cost_model
+from mpo.policies.limits import limits_of
 from mpo.policies.solving import ChainedOptimization
 
 __all__ = ["IGNORE_DPP_FROM", "MPOKind", "OptimizationKind", "SPOKind", "constraints_of"]
@@ -27,8 +28,12 @@ IGNORE_DPP_FROM = 200
 _MULTIPLIERS = {"gamma_trade", "gamma_hold"}
 
 
-def constraints_of(spec) -> list:
-    """The hard constraints of ``[constraints]`` as cvxportfolio objects."""
+def constraints_of(spec, universe=None) -> list:
+    """The hard constraints of ``[constraints]`` as cvxportfolio objects.
+
+    With ``universe`` (the tickers), also the group, participation and
+    liquidity limits (:func:`mpo.policies.limits.limits_of`).
+    """
     c = spec.constraints
     out: list = []
     if c.long_only:
@@ -43,6 +48,8 @@ def constraints_of(spec) -> list:
         out.append(cvx.TurnoverLimit(c.turnover))
     if c.fully_invested:
         out.append(cvx.NoCash())
+    if universe is not None:
+        out.extend(limits_of(spec, universe))
     return out
 
 
@@ -116,7 +123,7 @@ class OptimizationKind(PolicyKind):
             kwargs["ignore_dpp"] = True
         return ChainedOptimization(
             self.objective(universe, trading_calendar),
-            constraints_of(spec),
+            constraints_of(spec, universe),
             planning_horizon=spec.objective.planning_horizon,
             solver_chain=spec.backtest.fallback_solver or (),
             inaccurate=spec.backtest.inaccurate,

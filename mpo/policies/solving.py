@@ -40,23 +40,29 @@ INACCURATE = ("optimal_inaccurate", "user_limit")
 class SolveLog:
     """Solves of one policy that did not end accurately with the primary solver."""
 
-    #: (date, outcome, solver): outcome is "fallback" (a fallback solver gave an accurate
-    #: solution) or "inaccurate" (no solver did; the first inaccurate solution was used).
-    events: list[tuple[str, str, str]] = field(default_factory=list)
+    #: (date, outcome, solver, status): outcome is "fallback" (a fallback solver gave an
+    #: accurate solution) or "inaccurate" (no solver did; the first inaccurate solution, of
+    #: status ``optimal_inaccurate`` or ``user_limit``, was used).
+    events: list[tuple[str, str, str, str]] = field(default_factory=list)
     periods: int = 0
 
     def counts(self) -> dict:
-        """``{"periods", "fallback", "inaccurate", "fallback_solvers", "dates"}`` (first 10)."""
-        fb = [e for e in self.events if e[1] == "fallback"]
+        """Counts: ``periods``, ``fallback``, ``inaccurate``, ``fallback_solvers`` (solver ->
+        count), ``inaccurate_statuses`` (status -> count) and the first 10 ``dates``."""
         solvers: dict[str, int] = {}
-        for _, _, s in fb:
-            solvers[s] = solvers.get(s, 0) + 1
+        statuses: dict[str, int] = {}
+        for _, outcome, solver, status in self.events:
+            if outcome == "fallback":
+                solvers[solver] = solvers.get(solver, 0) + 1
+            else:
+                statuses[status] = statuses.get(status, 0) + 1
         return {
             "periods": self.periods,
-            "fallback": len(fb),
-            "inaccurate": sum(e[1] == "inaccurate" for e in self.events),
+            "fallback": sum(solvers.values()),
+            "inaccurate": sum(statuses.values()),
             "fallback_solvers": solvers,
-            "dates": [f"{d} {o} ({s})" for d, o, s in self.events[:10]],
+            "inaccurate_statuses": statuses,
+            "dates": [f"{d} {o} ({s}: {st})" for d, o, s, st in self.events[:10]],
         }
 
 
@@ -88,7 +94,7 @@ class _ChainedProblem:
         t = owner.current_time
         owner.solve_log.periods += 1
         errors: list[str] = []
-        first_inaccurate = None  # (solver, snapshot)
+        first_inaccurate = None  # (solver, status, snapshot)
         for i, (solver, kw) in enumerate(attempts):
             try:
                 self._problem.solve(**kw)
@@ -99,11 +105,11 @@ class _ChainedProblem:
             if status in INACCURATE:
                 errors.append(f"{solver}: status {status}")
                 if first_inaccurate is None:
-                    first_inaccurate = (solver, self._snapshot())
+                    first_inaccurate = (solver, status, self._snapshot())
                 continue
             if status in ACCURATE and i > 0:
-                owner.solve_log.events.append((t, "fallback", solver))
-                logger.warning(
+                owner.solve_log.events.append((t, "fallback", solver, status))
+                logger.info(
                     "policy %s at %s: solved by fallback solver %s after %s",
                     owner.policy_name, t, solver, "; ".join(errors),
                 )  # fmt: skip
@@ -113,7 +119,7 @@ class _ChainedProblem:
                 "every solver failed (" + "; ".join(errors) + "). Add or change "
                 "[backtest] fallback_solver (a list is tried in order), or loosen solver_options."
             )
-        solver, snap = first_inaccurate
+        solver, status, snap = first_inaccurate
         if owner.inaccurate == "error":
             raise cp.SolverError(
                 "no solver reached an accurate solution (" + "; ".join(errors) + "); "
@@ -121,8 +127,8 @@ class _ChainedProblem:
                 "[backtest] fallback_solver, or set inaccurate = 'warn' to accept it."
             )
         self._restore(snap)
-        owner.solve_log.events.append((t, "inaccurate", solver))
-        logger.warning(
+        owner.solve_log.events.append((t, "inaccurate", solver, status))
+        logger.info(
             "policy %s at %s: using an inaccurate solution of %s (%s); it is counted in the "
             "results' inaccurate_solves. Raise max_iter or tolerances in [backtest] "
             "solver_options, or add a fallback_solver.",
