@@ -516,7 +516,7 @@ def run_backtests(
     partials: dict[str, pd.DataFrame] = {}
     for spec, user in entries:
         if user is None:
-            policy = build_policy(spec, market.tickers, backtest_calendar)
+            policy = build_policy(spec, market.tickers, backtest_calendar, data_name=market.name)
         else:
             policy = user.build(spec, market.tickers, backtest_calendar)
         try:

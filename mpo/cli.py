@@ -65,6 +65,7 @@ def _load_market(ref, data, tickers, start, end, adv, seed):
         adv=adv or ref.data.adv,
         seed=seed,
         max_jump=ref.data.max_jump or None,
+        max_date_gap=ref.data.max_date_gap or None,
     )
     d = market.describe()
     typer.echo(

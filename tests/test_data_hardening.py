@@ -125,11 +125,6 @@ def test_cli_refuses_a_gap_in_one_clear_message(tmp_path, sp20_prices):
     assert "Traceback" not in result.output
 
 
-@pytest.mark.xfail(
-    reason="mpo/cli.py (_load_market) and mpo/research/cli.py must pass "
-    "max_date_gap=ref.data.max_date_gap or None to load_market_data",
-    strict=False,
-)
 def test_cli_max_date_gap_override_from_the_spec(tmp_path, sp20_prices):
     prices = sp20_prices.loc["2019-01":"2020-12", ["AAPL", "AMD"]]
     folder = _files(tmp_path, prices.drop(prices.loc["2020-03-02":"2020-04-03"].index))
@@ -450,3 +445,17 @@ def test_the_step_after_a_window_end_is_checked_too(tmp_path, sp20_prices):
         load_market_data(source, adv=1e8, end="2020-02-28")
     load_market_data(source, adv=1e8, end="2020-02-27")
     load_market_data(source, adv=1e8, start="2020-04-06")
+
+
+def test_forecast_files_with_mixed_utc_offsets_read_as_local_days(tmp_path):
+    """A forecast file saved across a DST change (-05:00 then -04:00) reads as its own days."""
+    from mpo.forecast.tables import read_table
+
+    path = tmp_path / "f.csv"
+    path.write_text(
+        "date,AAPL,MSFT\n2020-03-06 00:00:00-05:00,0.1,0.2\n2020-03-09 00:00:00-04:00,0.3,0.4\n"
+    )
+    table = read_table(path, what="forecast")
+    assert list(table.index) == [pd.Timestamp("2020-03-06"), pd.Timestamp("2020-03-09")]
+    assert table.index.name == "date"
+    assert table.loc["2020-03-09", "MSFT"] == 0.4

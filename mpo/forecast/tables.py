@@ -225,7 +225,12 @@ def _parse_dates(values: pd.Index, where: str, what: str, column: Any) -> pd.Dat
         raw = pd.Series(np.asarray(values, dtype=object))
         with warnings.catch_warnings():  # "could not infer format": we report bad dates
             warnings.simplefilter("ignore", UserWarning)
-            parsed = pd.to_datetime(raw.astype(str).str.strip(), errors="coerce")
+            try:
+                parsed = pd.to_datetime(raw.astype(str).str.strip(), errors="coerce")
+            except ValueError:  # mixed UTC offsets (a DST change): exchange-local days
+                from mpo.data.dates import local_dates
+
+                return local_dates(raw.astype(str).str.strip(), f"{what} ({where})").rename("date")
         bad = (parsed.isna() | raw.isna()).to_numpy()
         if bad.all():
             raise DataError(

@@ -105,6 +105,7 @@ def _walkforward(
             adv=adv or ref.data.adv,
             seed=s,
             max_jump=ref.data.max_jump or None,
+            max_date_gap=ref.data.max_date_gap or None,
         )
 
     dated = [str(p) for p, s in zip(specs, loaded, strict=True) if s.data.start or s.data.end]
