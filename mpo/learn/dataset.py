@@ -6,7 +6,9 @@ realised returns over the planning horizon are ``returns.loc[t], ..., returns.lo
 
 * :func:`compute_features` turns a market into a :class:`FeaturePanel` whose row ``t``
   uses only data dated ``< t`` (returns of the period ``t-1`` and earlier, EWM
-  volatilities of those, rolling momentum, log volume surprise of the period ``t-1``).
+  volatilities of those, rolling momentum, log volume surprise of the period ``t-1``,
+  and the trailing-window risk features of :mod:`mpo.learn.features`: drawdown,
+  historical VaR and CVaR, downside volatility of the returns up to ``t-1``).
 * :class:`WindowDataset` holds the panel and the realised returns as tensors; the
   window of a decision at position ``t`` is ``features[t-T+1 : t+1]`` of shape
   ``(T, n, F)`` (built on demand, never stored) and its targets ``returns[t : t+H]``.
@@ -34,6 +36,7 @@ import torch
 from mpo.costs.estimates import CostEstimates
 from mpo.data.market import MarketData
 from mpo.errors import DataError, SpecError
+from mpo.learn.features import RISK_FEATURES, risk_feature, risk_window
 
 __all__ = [
     "FEATURES",
@@ -51,7 +54,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Feature names :func:`compute_features` knows.
-FEATURES = ("returns", "volatility", "momentum", "volume")
+FEATURES = ("returns", "volatility", "momentum", "volume", *RISK_FEATURES)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,20 @@ class FeatureSpec:
     volume_span : float
         EWM span of the mean log dollar volume of the volume feature.
     return_scale : float
-        Returns-like features are multiplied by this (100: percent).
+        Returns-like features (all but ``volume``) are multiplied by this (100: percent).
+    drawdown_window : int
+        Periods of the ``drawdown`` feature's trailing peak.
+    var_window : int
+        Periods of the historical ``var`` and ``cvar`` features.
+    var_level : float
+        Confidence level of ``var`` and ``cvar`` in ``(0, 1)`` (0.95: the worst 5%).
+    downside_window : int
+        Periods of the ``downside_vol`` feature (semi-deviation below zero).
+
+    Each window feature needs that many periods of past returns: :attr:`warmup`. The
+    risk features' definitions (losses as positive numbers) are in
+    :mod:`mpo.learn.features`. Checkpoints written before a field existed load with its
+    default (:meth:`from_dict`).
     """
 
     window: int = 20
@@ -83,6 +99,10 @@ class FeatureSpec:
     momentum_lookback: int = 21
     volume_span: float = 10.0
     return_scale: float = 100.0
+    drawdown_window: int = 63
+    var_window: int = 63
+    var_level: float = 0.95
+    downside_window: int = 21
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.horizon < 1:
@@ -103,6 +123,13 @@ class FeatureSpec:
             )
         if not self.return_scale > 0:
             raise SpecError(f"return_scale must be > 0, got {self.return_scale=}.")
+        if min(self.drawdown_window, self.var_window, self.downside_window) < 1:
+            raise SpecError(
+                f"drawdown_window, var_window and downside_window must be >= 1, got "
+                f"{self.drawdown_window=}, {self.var_window=}, {self.downside_window=}."
+            )
+        if not 0 < self.var_level < 1:
+            raise SpecError(f"var_level must be in (0, 1), got {self.var_level=}.")
 
     @property
     def n_features(self) -> int:
@@ -118,7 +145,13 @@ class FeatureSpec:
             need = max(need, self.momentum_lookback)
         if "volume" in self.features:
             need = max(need, 2)
-        return need
+        return max([need, *(risk_window(f, self) for f in self.features if f in RISK_FEATURES)])
+
+    @property
+    def rolling_lookback(self) -> int:
+        """Longest trailing window (momentum or risk feature) of the features in use."""
+        used = [risk_window(f, self) for f in self.features if f in RISK_FEATURES]
+        return max([self.momentum_lookback, *used])
 
     def to_dict(self) -> dict:
         """Plain dict (lists for tuples), stored in checkpoints."""
@@ -128,6 +161,7 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureSpec:
+        """Inverse of :meth:`to_dict`; absent fields (older checkpoints) take their defaults."""
         data = dict(data)
         data["features"] = tuple(data.get("features", ("returns",)))
         return cls(**data)
@@ -189,6 +223,10 @@ def _feature_frames(
                 raise DataError("the 'volume' feature needs volumes; drop it or give volumes.")
             logv = np.log(dollar_volumes)
             cols[name] = (logv - _past_ewm(logv, spec.volume_span, "mean")).shift(1)
+        elif name in RISK_FEATURES:
+            lead = np.full((risk_window(name, spec), r.shape[1]), np.nan)  # shift(1) included
+            values = np.vstack([lead, risk_feature(name, r.to_numpy(dtype=float)[:-1], spec)])
+            cols[name] = pd.DataFrame(values * s, index=r.index, columns=r.columns)
     return cols
 
 
@@ -242,6 +280,9 @@ def _window_features(x: np.ndarray, v: np.ndarray | None, spec: FeatureSpec) -> 
             W = _ewm_weights(spec.volume_span, K - 1, T)
             ewm = W @ logv[: K - 1] / W.sum(1)[:, None]
             cols.append(logv[K - T :] - ewm)
+        elif name in RISK_FEATURES:
+            L = risk_window(name, spec)  # row k's window: x[K - T + 1 + k - L : K - T + 1 + k]
+            cols.append(risk_feature(name, x[K - T + 1 - L :], spec) * s)
     return np.stack(cols, -1)
 
 
@@ -249,7 +290,7 @@ def history_tail(spec: FeatureSpec) -> int:
     """Rows of past data :func:`window_at` reads (older rows cannot change its result)."""
     return (
         spec.window
-        + spec.momentum_lookback
+        + spec.rolling_lookback
         + int(np.ceil(EWM_TAIL_SPANS * max(spec.vol_span, spec.volume_span)))
         + 2
     )
@@ -311,9 +352,9 @@ def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
     -------
     FeaturePanel
     """
-    cols = _feature_frames(market.returns, market.dollar_volumes, spec)
     start = spec.warmup
     market.require_history(start + spec.window + spec.horizon, "the feature windows")
+    cols = _feature_frames(market.returns, market.dollar_volumes, spec)
     values = np.stack([cols[name].to_numpy(dtype=float)[start:] for name in spec.features], -1)
     return FeaturePanel(values, market.returns.index[start:], market.tickers, tuple(spec.features))
 

@@ -15,9 +15,28 @@ from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import Views
 from mpo.learn.losses import DTYPE, PPY, TrainingCosts, feasibility_violation, net_returns
 from mpo.learn.model import DMPOModel
-from mpo.metrics import sharpe_ratio
+from mpo.metrics import max_drawdown, sharpe_ratio
 
-__all__ = ["Decide", "Evaluation", "batched_sharpe", "dmpo_decider", "run_sequential"]
+__all__ = [
+    "Decide",
+    "Evaluation",
+    "batched_sharpe",
+    "dmpo_decider",
+    "herfindahl",
+    "run_sequential",
+]
+
+
+def herfindahl(weights: np.ndarray) -> np.ndarray:
+    """Herfindahl-Hirschman index ``sum_i (|w_i| / sum_j |w_j|)^2`` of each row ``(T, n)``.
+
+    ``sum_i w_i^2`` for long-only, fully invested weights: ``1/n`` at equal weight, 1 in
+    a single name; NaN for a row without positions.
+    """
+    a = np.abs(np.asarray(weights, dtype=float))
+    gross = a.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gross > 0, (a**2).sum(axis=1) / gross**2, np.nan)
 
 
 @dataclass
@@ -51,13 +70,32 @@ class Evaluation:
     starved_share: float = float("nan")
 
     def metrics(self) -> dict:
-        """Annualised Sharpe (of excess net returns), return, volatility, turnover, cost."""
+        """The split's statistics (JSON-able floats), keyed by name.
+
+        ``sharpe`` (annualised, of excess net returns), ``annual_return`` and
+        ``annual_volatility`` (of net returns); ``max_drawdown``: the largest
+        peak-to-trough loss of the compounded net value, a positive fraction
+        (:func:`mpo.metrics.max_drawdown`); turnover as cvxportfolio counts it,
+        ``||w - w_prev||_1 / 2`` per period: ``annual_turnover`` (mean times periods
+        per year) and ``total_turnover`` (sum over the split); cost as a fraction of
+        value: ``annual_cost`` (mean times periods per year) and ``total_cost`` (sum);
+        concentration of the executed weights: ``mean_hhi`` (mean of :func:`herfindahl`
+        over decisions) and ``effective_names`` (``1 / mean_hhi``: ``n`` at equal weight,
+        1 in a single name).
+        """
+        hhi = herfindahl(self.weights)
+        mean_hhi = float(np.nanmean(hhi)) if np.isfinite(hhi).any() else float("nan")
         return {
             "sharpe": sharpe_ratio(self.excess, PPY),
             "annual_return": float(self.net.mean() * PPY),
             "annual_volatility": float(self.net.std(ddof=1) * math.sqrt(PPY)),
+            "max_drawdown": max_drawdown(pd.Series(self.net)),
             "annual_turnover": float(self.turnover.mean() / 2 * PPY),
+            "total_turnover": float(self.turnover.sum() / 2),
             "annual_cost": float(self.cost.mean() * PPY),
+            "total_cost": float(self.cost.sum()),
+            "mean_hhi": mean_hhi,
+            "effective_names": 1.0 / mean_hhi if mean_hhi > 0 else float("nan"),
             "max_violation": self.max_violation,
             "starved_share": self.starved_share,
             "periods": len(self.net),

@@ -20,6 +20,7 @@ from mpo.learn.dataset import (
 from mpo.learn.train import build_dmpo_model
 
 ALL = ("returns", "volatility", "momentum", "volume")
+RISK = ("drawdown", "var", "cvar", "downside_vol")  # default windows 63, 63, 21
 
 
 def _perturbed(market: MarketData, date: pd.Timestamp, seed: int = 1) -> MarketData:
@@ -53,7 +54,7 @@ def test_windows_and_targets_are_the_right_rows():
 
 def test_no_look_ahead_in_features_windows_and_decisions():
     market = tiny_market(n_periods=200)
-    spec = tiny_spec(features={"window": 6, "features": list(ALL), "momentum_lookback": 10})
+    spec = tiny_spec(features={"window": 6, "features": [*ALL, *RISK], "momentum_lookback": 10})
     fs = spec.feature_spec()
     cut = market.calendar[150]
     other = _perturbed(market, cut)
