@@ -379,3 +379,26 @@ def test_cli(run_dir, market, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "outside the decision dates" in bad.output
     bad = runner.invoke(_app(), ["explain", str(run_dir), "--date", "01/03/2011"])
     assert bad.exit_code == 2 and "--date" in bad.output
+
+
+@pytest.mark.slow
+def test_cli_on_an_mpo_train_run(tmp_path):
+    """End to end: ``mpo train``'s run folder, the data rebuilt from the recorded spec."""
+    from mpo.learn.cli import load_training_market, run_experiment
+    from mpo.learn.config import TrainSpec
+
+    spec = TrainSpec().with_updates(
+        data={"source": "synthetic", "n_assets": 4, "n_periods": 260, "predictability": 0.6},
+        features={"window": 5, "features": ["returns", "volatility", "volume"]},
+        encoder={"hidden": 8, "rank": 2, "mu_scale": 1e-2},
+        split={"val": 0.2, "test": 0.2},
+        train={"epochs": 1, "batch_size": 32, "max_batches": 2},
+        baselines={"two_stage_epochs": 1, "direct_epochs": 1, "lw_lookback": 60},
+    )
+    run = tmp_path / "run"
+    run_experiment(spec, load_training_market(spec, None, None, None), run, progress=False)
+    res = CliRunner().invoke(_app(), ["explain", str(run), "--delta", "inf"])
+    assert res.exit_code == 0, res.output
+    frame = pd.read_csv(next(run.glob("explain-*[0-9].csv")))
+    assert set(frame["model"]) == {"dmpo", "two_stage"}
+    assert frame["attribution"].abs().sum() > 0
