@@ -277,11 +277,14 @@ def _check_shared(specs: list[PolicySpec]) -> None:
     ref = specs[0]
     for s in specs[1:]:
         for section in ("costs", "backtest"):
-            if getattr(s, section) != getattr(ref, section):
+            mine, theirs = getattr(s, section), getattr(ref, section)
+            if section == "costs":  # a fixed fee's deadband etc. are each policy's own
+                mine, theirs = mine.market(), theirs.market()
+            if mine != theirs:
                 raise SpecError(
                     f"policies {ref.name!r} and {s.name!r} differ in [{section}]: every policy "
                     f"of a run faces the same market, so [{section}] must be identical "
-                    f"({getattr(ref, section)} vs {getattr(s, section)})."
+                    f"({theirs} vs {mine})."
                 )
     names = [s.name for s in specs]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -196,6 +196,19 @@ class CostsSpec(_Strict):
             out[name] = params if isinstance(params, BaseModel) else term.Params(**(params or {}))
         return out
 
+    def market(self) -> dict:
+        """This section without the policy-only term parameters: what every policy of a run
+        must share (a fixed fee's ``deadband`` or ``amortize`` are each policy's choice)."""
+        out = {k: v for k, v in self.model_dump().items() if k not in self.terms()}
+        for name, params in self.terms().items():
+            fields = type(params).model_fields
+            out[name] = {
+                k: v
+                for k, v in params.model_dump().items()
+                if not (fields[k].json_schema_extra or {}).get("policy_only")
+            }
+        return out
+
     def estimates(self):
         """The :class:`~mpo.costs.estimates.CostEstimates` of this section (files read)."""
         from mpo.costs.estimates import CostEstimates

@@ -50,7 +50,7 @@ def test_planner_never_sees_the_period_it_trades(market):
 
 def test_cost_model_enumerates_registered_terms():
     model = CostModel(half_spread=0.001, impact=0.0, short_fee=2.0)
-    assert model.names() == ["spread", "impact", "holding"]
+    assert model.names() == ["spread", "impact", "holding", "fixed"]
     assert [t.name for t in model.active()] == ["spread", "holding"]
     assert [m for m, _ in model.planner_terms()] == ["gamma_trade", "gamma_hold"]
     assert isinstance(pd.Series(model.names()), pd.Series)

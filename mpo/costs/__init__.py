@@ -15,6 +15,7 @@ from mpo.costs.base import (
     named,
 )
 from mpo.costs.estimates import SIMULATOR_MODES, CostEstimates, ewm_last
+from mpo.costs.fixed import FixedTerm
 from mpo.costs.terms import (
     BorrowCost,
     HoldingTerm,
@@ -31,6 +32,7 @@ __all__ = [
     "CostEstimates",
     "CostModel",
     "CostTerm",
+    "FixedTerm",
     "HoldingTerm",
     "ImpactCost",
     "ImpactTerm",

@@ -53,6 +53,11 @@ def constraints_of(spec, universe=None) -> list:
     return out
 
 
+def _deadband(spec) -> float:
+    """The fixed fee's deadband in dollars (0 without a fixed fee)."""
+    return sum(t.params.deadband for t in cost_model(spec).active() if t.name == "fixed")
+
+
 class OptimizationKind(PolicyKind):
     """A cvxportfolio ``MultiPeriodOptimization`` from the spec (SPO is H = 1).
 
@@ -128,6 +133,7 @@ class OptimizationKind(PolicyKind):
             solver_chain=spec.backtest.fallback_solver or (),
             inaccurate=spec.backtest.inaccurate,
             policy_name=spec.name,
+            deadband=_deadband(spec),
             **kwargs,
         )
 

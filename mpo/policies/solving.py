@@ -3,7 +3,8 @@
 cvxportfolio retries a failed solve once, with one fallback solver, and uses
 an inaccurate solution (e.g. a solver stopped by ``max_iter``) without a
 word. :class:`ChainedOptimization` is cvxportfolio's
-``MultiPeriodOptimization`` with two changes, both in the solve step:
+``MultiPeriodOptimization`` with two changes in the solve step (and the
+fixed fee's ``deadband``, :mod:`mpo.costs.fixed`, applied after it):
 
 * ``[backtest] fallback_solver`` is a chain: when the primary solver raises
   or ends inaccurate, each fallback is tried in order (with default options)
@@ -141,9 +142,11 @@ class ChainedOptimization(cvx.MultiPeriodOptimization):
     """``cvx.MultiPeriodOptimization`` with a fallback-solver chain and a :class:`SolveLog`."""
 
     def __init__(
-        self, *args, solver_chain=(), inaccurate: str = "warn", policy_name: str = "", **kwargs
-    ):
+        self, *args, solver_chain=(), inaccurate: str = "warn", policy_name: str = "",
+        deadband: float = 0.0, **kwargs,
+    ):  # fmt: skip
         super().__init__(*args, fallback_solver=None, **kwargs)
+        self.deadband = float(deadband)
         self.solver_chain = tuple(solver_chain)
         self.inaccurate = inaccurate
         self.policy_name = policy_name
@@ -156,4 +159,12 @@ class ChainedOptimization(cvx.MultiPeriodOptimization):
 
     def values_in_time_recursive(self, t, **kwargs):
         self.current_time = str(t.date()) if hasattr(t, "date") else str(t)
-        return super().values_in_time_recursive(t=t, **kwargs)
+        w_plus = super().values_in_time_recursive(t=t, **kwargs)
+        if self.deadband > 0:  # the fixed fee's deadband: small trades are not made
+            from mpo.costs.fixed import apply_deadband
+
+            w_plus = apply_deadband(
+                w_plus, kwargs["current_weights"], kwargs["current_portfolio_value"], self.deadband
+            )
+            self._current_value = w_plus
+        return w_plus
