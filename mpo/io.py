@@ -8,6 +8,7 @@ a crash or Ctrl-C never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -49,7 +50,14 @@ _PACKAGES = (
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success fsync and rename it to ``target``."""
+    """Yield a temporary path next to ``target``; on success fsync and rename it to ``target``.
+
+    The temporary file is hidden and named after the target (``.<name>.<random>.tmp``);
+    it is removed on any error, so ``target`` is either its old content or the new one,
+    never a partial file. A write that fails because the disk (or quota) is full, from
+    any writer (Python, pyarrow, torch), is raised as ``OSError(ENOSPC)`` naming
+    ``target``. Only a process killed mid-write can leave the temporary file behind.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -62,8 +70,37 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, _file_mode())  # mkstemp creates 0600; honour the umask instead
         os.replace(tmp_path, target)
         _fsync_directory(target.parent)
+    except (OSError, RuntimeError) as exc:
+        if not _disk_full(exc, target.parent):
+            raise
+        tmp_path.unlink(missing_ok=True)
+        raise OSError(errno.ENOSPC, "No space left on device", str(target)) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+#: Free bytes below which a failed write (of a writer that hides its errno) is a full disk.
+_LOW_SPACE = 1 << 20
+
+
+def _disk_full(exc: BaseException, directory: Path) -> bool:
+    """Whether ``exc`` (or an exception it came from) reports a full disk or quota.
+
+    torch's and pyarrow's writers do not always keep the errno (``file write
+    failed``); for those, a directory with less than 1 MiB free counts as full.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(m in str(seen) for m in ("No space left on device", "Disk quota exceeded")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _LOW_SPACE
 
 
 def _file_mode() -> int:

@@ -10,10 +10,16 @@ mid-append), and if the tail is broken copies the file to
 every finished trial before the break survives. A broken record in the
 *middle* (not a crash signature) is refused with the line number instead of
 being guessed at.
+
+:class:`SafeJournalFileBackend` makes a failed append (a full disk, a quota) leave
+no partial record: the file is cut back to its length before the write, under the
+same lock, and the error names the journal. Only a process killed mid-write can
+leave a broken tail, and that is what :func:`repair_journal` repairs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +31,7 @@ import optuna
 
 from mpo.errors import TuningError
 
-__all__ = ["repair_journal"]
+__all__ = ["JournalWriteError", "SafeJournalFileBackend", "journal_write_error", "repair_journal"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,3 +98,64 @@ def repair_journal(path: str | Path) -> Path | None:
         return backup
     finally:
         lock.release()
+
+
+class JournalWriteError(OSError):
+    """An append to a journal file failed (full disk, quota); the journal is unchanged."""
+
+
+def journal_write_error(exc: BaseException) -> JournalWriteError | None:
+    """The :class:`JournalWriteError` that ``exc`` is, or came from, if any.
+
+    Optuna turns a storage error during a trial's bookkeeping into an
+    ``AssertionError("Should not reach.")`` raised while the storage error
+    propagates; the storage error is then the assertion's ``__context__``.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, JournalWriteError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+class SafeJournalFileBackend(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, but a failed append is undone instead of left half-written.
+
+    Records are appended with one ``os.write`` loop and ``fsync`` while holding the
+    journal's lock; on an error (``ENOSPC``, ``EDQUOT``, ``EIO``) the file is truncated
+    back to its size before the append and an :class:`OSError` naming the journal is
+    raised, so the journal stays readable and the next append does not glue onto a
+    partial record.
+    """
+
+    def append_logs(self, logs: list[dict]) -> None:
+        data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode()
+        self._lock.acquire()
+        try:
+            fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND)
+            try:
+                start = os.fstat(fd).st_size
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                        os.fsync(fd)
+                    raise JournalWriteError(
+                        exc.errno,
+                        f"{exc.strerror or exc}: could not append to the tuning journal (the "
+                        "records written before are kept; free space and rerun to resume)",
+                        self._file_path,
+                    ) from exc
+            finally:
+                os.close(fd)
+        finally:
+            self._lock.release()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

@@ -64,12 +64,12 @@ def open_storage(storage: str | Path, *, heartbeat: bool = True) -> optuna.stora
     s = str(storage)
     if "://" not in s:
         path = Path(s.removeprefix("journal:")).expanduser()
-        from mpo.tuning.journal import repair_journal
+        from mpo.tuning.journal import SafeJournalFileBackend, repair_journal
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             repair_journal(path)
-            backend = optuna.storages.journal.JournalFileBackend(
+            backend = SafeJournalFileBackend(
                 str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
             )
         except OSError as exc:
@@ -156,7 +156,8 @@ def recover_stale_trials(study: optuna.Study, storage) -> list[int]:
     """Fail the running trials of dead workers on this host and queue their parameters again.
 
     A worker killed with ``kill -9`` leaves its trial RUNNING forever in a
-    journal file. Trials of live workers, and of other hosts (whose liveness
+    journal file; so does a ``tune`` call of this very process that failed (a full
+    disk) before it could record the trial's end. Trials of live workers, and of other hosts (whose liveness
     we cannot see; RDB storages fail those by heartbeat), are left alone.
 
     Returns
@@ -166,11 +167,18 @@ def recover_stale_trials(study: optuna.Study, storage) -> list[int]:
     """
     host = socket.gethostname()
     study_id = storage.get_study_id_from_name(study.study_name)
+    from mpo.tuning.trial import running_here
+
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
         w_host, _, pid = worker.rpartition(":")
-        if w_host != host or not pid.isdigit() or pid_alive(int(pid)):
+        if w_host != host or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid():  # this process: abandoned unless it runs it right now
+            if running_here(study.study_name, t.number):
+                continue
+        elif pid_alive(int(pid)):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", f"worker {worker} died")

@@ -32,9 +32,19 @@ from mpo.policies import build_policy
 from mpo.tuning.job import TuningJob, with_params
 from mpo.tuning.objective import get_objective
 
-__all__ = ["TrialFailure", "TrialRunner"]
+__all__ = ["TrialFailure", "TrialRunner", "running_here"]
 
 logger = logging.getLogger(__name__)
+
+#: (study name, trial number) of the trials this process is evaluating right now; a trial
+#: that the storage says this process runs but that is not here was abandoned (its
+#: ``tune`` call failed, e.g. on a full disk) and is recovered like a dead worker's.
+_RUNNING_HERE: set[tuple[str, int]] = set()
+
+
+def running_here(study_name: str, number: int) -> bool:
+    """Whether this process is evaluating trial ``number`` of ``study_name`` right now."""
+    return (study_name, number) in _RUNNING_HERE
 
 
 class TrialFailure(MpoError):
@@ -211,6 +221,14 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float:
         """Optuna's objective: suggest, evaluate, record the user attributes."""
+        key = (trial.study.study_name, trial.number)
+        _RUNNING_HERE.add(key)
+        try:
+            return self._run(trial)
+        finally:
+            _RUNNING_HERE.discard(key)
+
+    def _run(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", self.worker)
         self._refuse_surplus(trial)
         tic = time.perf_counter()

@@ -6,7 +6,6 @@ worker is a spawned process sharing the study through its storage.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -18,7 +17,9 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mpo.tuning.job import TuningJob
+from mpo.tuning.journal import journal_write_error
 from mpo.tuning.objective import get_objective
+from mpo.tuning.sampler import ProgressSeededSampler
 from mpo.tuning.storage import FINISHED, count_trials, open_storage, recover_stale_trials
 from mpo.tuning.trial import TrialFailure, TrialRunner
 
@@ -27,25 +28,26 @@ __all__ = ["StopAt", "make_pruner", "make_sampler", "run_workers", "work"]
 logger = logging.getLogger(__name__)
 
 
-def make_sampler(job: TuningJob, worker: int, n_existing: int) -> optuna.samplers.BaseSampler:
-    """A seeded TPE sampler for ``worker``, told of the objective's constraints.
+def make_sampler(job: TuningJob, worker: int) -> optuna.samplers.BaseSampler:
+    """A TPE sampler for ``worker``, told of the objective's constraints, seeded per trial.
 
-    The seed is derived from (run seed, worker, study size): a resumed or
-    parallel worker does not replay the random start-up points of another.
+    Every trial's draw is seeded by (run seed, worker, finished trials)
+    (:class:`~mpo.tuning.sampler.ProgressSeededSampler`): a resumed study samples
+    what an uninterrupted one would have, and parallel workers never share a stream.
     """
-    seed = int.from_bytes(
-        hashlib.sha256(f"{job.seed}:{worker}:{n_existing}".encode()).digest()[:4], "little"
-    )
     kwargs = {}
     objective = get_objective(job.objective)
     if objective.constrained:
         tuning = job.spec.tuning
         kwargs["constraints_func"] = lambda t: objective.constraints(t.user_attrs, tuning)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=min(10, max(job.n_trials // 3, 1)), **kwargs
-        )
+    n_startup = min(10, max(job.n_trials // 3, 1))
+
+    def tpe(seed: int) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup, **kwargs)
+
+    return ProgressSeededSampler(tpe, job.seed, worker)
 
 
 def make_pruner(job: TuningJob) -> optuna.pruners.BasePruner:
@@ -70,11 +72,10 @@ class StopAt:
 
 
 def _load(job: TuningJob, storage, worker: int) -> optuna.Study:
-    n_existing = len(optuna.load_study(study_name=job.study_name, storage=storage).trials)
     return optuna.load_study(
         study_name=job.study_name,
         storage=storage,
-        sampler=make_sampler(job, worker, n_existing),
+        sampler=make_sampler(job, worker),
         pruner=make_pruner(job),
     )
 
@@ -108,7 +109,27 @@ def work(job: TuningJob, worker: int) -> None:
     study = _load(job, open_storage(job.storage), worker)
     if count_trials(study)[0] >= job.n_trials:
         return
-    study.optimize(TrialRunner(job), catch=(TrialFailure,), callbacks=[StopAt(job.n_trials)])
+    try:
+        _optimize(study, job, [StopAt(job.n_trials)])
+    except OSError as exc:  # the journal's disk is full: one line, not a worker traceback
+        logger.error("worker %d stops: %s", worker, exc)
+        raise SystemExit(2) from None
+
+
+def _optimize(study: optuna.Study, job: TuningJob, callbacks: list) -> None:
+    """``study.optimize`` with TrialRunner; a failed journal write is raised as itself.
+
+    Optuna reports a storage error in a trial's bookkeeping as ``AssertionError("Should
+    not reach.")``; the :class:`~mpo.tuning.journal.JournalWriteError` (an ``OSError``
+    naming the journal) behind it is raised instead.
+    """
+    try:
+        study.optimize(TrialRunner(job), catch=(TrialFailure,), callbacks=callbacks)
+    except Exception as exc:
+        cause = journal_write_error(exc)
+        if cause is None or cause is exc:
+            raise
+        raise cause from None
 
 
 def run_workers(job: TuningJob, workers: int, progress: bool, timeout: float | None) -> None:
@@ -130,9 +151,7 @@ def run_workers(job: TuningJob, workers: int, progress: bool, timeout: float | N
             def tick(study, trial):
                 bar.update(count_trials(study)[0] - bar.n)
 
-            study.optimize(
-                TrialRunner(job), catch=(TrialFailure,), callbacks=[StopAt(job.n_trials), tick]
-            )
+            _optimize(study, job, [StopAt(job.n_trials), tick])
             return
         _run_processes(job, workers, study, storage, bar, timeout)
     finally:
