@@ -497,9 +497,11 @@ def tune(
 
 def _register_commands() -> None:
     from mpo.learn.cli import register as register_train
+    from mpo.learn.explain_cli import register as register_explain
     from mpo.research.cli import register as register_walkforward
 
     register_train(app)
+    register_explain(app)
     register_walkforward(
         app,
         _guard,
