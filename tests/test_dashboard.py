@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -155,10 +156,7 @@ def make_walkforward(root: Path, backtest: Path, universes=("u00", "u01")) -> Pa
     return root
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """One real run folder per command (and the hand-made walk-forward), under one root."""
-    tmp = tmp_path_factory.mktemp("dashboard")
+def _make_runs(tmp: Path) -> None:
     root = tmp / "runs"
     (tmp / "tune.toml").write_text(TUNE_SPEC)
     (tmp / "tiny.toml").write_text(TRAIN_SPEC)
@@ -168,9 +166,34 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     _mpo("tune", str(tmp / "tune.toml"), "--trials", "2", "--out", str(root))
     _mpo("train", str(tmp / "tiny.toml"), "--out", str(root))
     (backtest,) = root.glob("*-equal_weight-spo")
+    make_walkforward(root / "walkforward-test", backtest)
+    (tmp / "done").touch()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One real run folder per command (and the hand-made walk-forward), under one root.
+
+    Under pytest-xdist the workers share one set (made by the first, behind a file lock,
+    in the session's temporary folder), so the commands run once per session.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from filelock import FileLock  # a torch dependency
+
+        tmp = tmp_path_factory.getbasetemp().parent / "dashboard-runs"
+        with FileLock(f"{tmp}.lock"):
+            if not (tmp / "done").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir()
+                _make_runs(tmp)
+    else:
+        tmp = tmp_path_factory.mktemp("dashboard")
+        _make_runs(tmp)
+    root = tmp / "runs"
+    (backtest,) = root.glob("*-equal_weight-spo")
     (tune,) = root.glob("*-tune-spo")
     (train,) = root.glob("*-train-tiny")
-    walk = make_walkforward(root / "walkforward-test", backtest)
+    walk = root / "walkforward-test"
     return {"root": root, "backtest": backtest, "tune": tune, "train": train, "walkforward": walk}
 
 
@@ -253,6 +276,8 @@ def broken(runs, tmp_path) -> Path:
     train = root / "train-interrupted"
     train.mkdir()
     (train / "dmpo-progress.pt").write_bytes(b"")
+    running = shutil.copytree(runs["backtest"], root / "backtest-running")
+    (running / "run.json").unlink()  # the policies' series are written first, run.json last
     return root
 
 
@@ -260,6 +285,8 @@ def test_broken_folders_are_listed_with_the_reason(broken):
     found = {r.label: r for r in discover_runs(broken)}
     assert "holds none of summary.json" in found["20261203-000000-crashed"].problem
     assert "unfinished training run" in found["train-interrupted"].problem
+    assert "unfinished backtest" in found["backtest-running"].problem
+    assert not [label for label in found if "/" in label]  # no policy folder listed as a run
     for label, match in (
         ("bad-json", "run.json' cannot be read"),
         ("tune-no-trials", "trials.csv' is missing"),
@@ -309,9 +336,11 @@ EXPECTED_CHARTS = {
     "backtest": ["Equity curves (growth of 1, net of costs)", "Drawdowns from the running peak",
                  "Post-trade weights: hold", "Cumulative costs: hold ($)", "Turnover per period"],
     "tune": ["Trial values and best so far", "Objective against gamma_risk",
-             "Equity curves (growth of 1, net of costs)"],
+             "gamma_risk and gamma_trade (colour: objective)",
+             "Trials: training-window risk and return", "Equity curves (growth of 1, net of costs)"],
     "train": ["Training loss per epoch", "Validation score per epoch"],
-    "walkforward": ["Test Sharpe per fold", "Equity curves (growth of 1, net of costs)"],
+    "walkforward": ["Test Sharpe per fold", "Tuned gamma_risk per fold",
+                    "Equity curves (growth of 1, net of costs)"],
 }  # fmt: skip
 
 
@@ -358,7 +387,9 @@ def test_policy_and_weight_selectors_change_the_charts(app, runs):
 def test_tune_train_and_walkforward_selectors(app, runs):
     at = _select_run(app, runs["tune"])
     at.selectbox(key=f"param@{runs['tune'].name}").set_value("gamma_trade").run()
-    points = _charts(at)["Objective against gamma_trade"]
+    charts = _charts(at)
+    points = charts["Objective against gamma_trade"]
+    assert "gamma_trade and gamma_risk (colour: objective)" in charts
     trials = pd.read_csv(runs["tune"] / "trials.csv")
     np.testing.assert_allclose(sorted(points["gamma_trade"]), sorted(trials["param_gamma_trade"]))
 
@@ -379,6 +410,8 @@ def test_tune_train_and_walkforward_selectors(app, runs):
 
     at.sidebar.multiselect(key="kinds").set_value(["train"]).run()
     assert at.sidebar.selectbox(key="run").options == [f"train · {runs['train'].name}"]
+    at.sidebar.multiselect(key="kinds").set_value(list(EXPECTED_CHARTS)).run()  # as it was
+    assert len(at.sidebar.selectbox(key="run").options) == 4
 
 
 def test_broken_empty_and_missing_folders_are_one_message(broken, tmp_path):
@@ -395,6 +428,7 @@ def test_broken_empty_and_missing_folders_are_one_message(broken, tmp_path):
     assert "trials.csv' is missing" in messages["tune-no-trials"][0]
     assert "unfinished training run" in messages["train-interrupted"][0]
     assert "holds none of" in messages["20261203-000000-crashed"][0]
+    assert "unfinished backtest" in messages["backtest-running"][0]
     assert any("spo left out" in m for m in messages["partial"])
 
     (tmp_path / "empty").mkdir()
@@ -594,4 +628,4 @@ def test_a_real_walkforward_run_renders(tmp_path):
     assert not series["hold"].weights.empty and not series["hold"].costs.empty
     at = _app(out)
     _ok(at)
-    assert set(EXPECTED_CHARTS["walkforward"]) <= set(_charts(at))
+    assert {"Test Sharpe per fold", "Equity curves (growth of 1, net of costs)"} <= set(_charts(at))

@@ -72,6 +72,21 @@ def _chart(frame: pd.DataFrame, title: str, x: str, y: str, color: str | None = 
     st.altair_chart(chart.properties(title=title).interactive())
 
 
+def _scatter(frame: pd.DataFrame, title: str, x: str, y: str, colour: str) -> None:
+    """Points at (``x``, ``y``) coloured by the number ``colour`` (log axes for wide ranges)."""
+
+    def scale(column: str):
+        v = frame[column]
+        wide = len(v) and (v > 0).all() and v.max() / v.min() > 100
+        return alt.Scale(type="log") if wide else alt.Undefined
+
+    chart = alt.Chart(frame, title=title).mark_circle(size=60).encode(
+        x=alt.X(f"{x}:Q", scale=scale(x)), y=alt.Y(f"{y}:Q", scale=scale(y)),
+        color=alt.Color(f"{colour}:Q"), tooltip=list(frame.columns),
+    )  # fmt: skip
+    st.altair_chart(chart.interactive())
+
+
 def _pick(label: str, options: list[str], key: str, default: list[str] | None = None) -> list[str]:
     chosen = st.multiselect(label, options, default=default or options, key=key)
     if not chosen:
@@ -175,6 +190,15 @@ def show_tune(view: TuneView, key: str) -> None:
         span = points[param].max() / points[param].min() if positive else 1.0
         _chart(points, f"Objective against {param}", param, "value", "state", mark="point",
                x_type="Q", log_x=positive and span > 100)  # fmt: skip
+        if len(view.params) > 1:
+            other = st.selectbox("against", [p for p in view.params if p != param],
+                                 key=f"param2@{key}")  # fmt: skip
+            pair = frames.param_pair(view.trials, param, other)
+            _scatter(pair, f"{param} and {other} (colour: objective)", param, other, "value")
+    if {"annual_volatility", "annual_return"} <= set(view.trials.columns):
+        cloud = view.trials[["number", "state", "annual_volatility", "annual_return"]].dropna()
+        _chart(cloud, "Trials: training-window risk and return", "annual_volatility",
+               "annual_return", "state", mark="point", x_type="Q", y_format="%")  # fmt: skip
     st.subheader("Trials")
     _table(view.trials, hide_index=True)
     for name, path in view.plots.items():
@@ -244,6 +268,13 @@ def show_walkforward(view: WalkForwardView, key: str) -> None:
     if len(sharpes):
         _chart(sharpes, "Test Sharpe per fold", "fold", "test_sharpe", "spec", mark="bar",
                x_type="O")  # fmt: skip
+    params = [c.removeprefix("param_") for c in shown.columns if c.startswith("param_")]
+    if params:
+        param = st.selectbox("Parameter per fold", params, key=f"foldparam@{key}")
+        chosen = shown[["fold", "spec", f"param_{param}"]].dropna()
+        if len(chosen):
+            _chart(chosen, f"Tuned {param} per fold", "fold", f"param_{param}", "spec",
+                   mark="point", x_type="O")  # fmt: skip
     if not view.windows.empty:
         with st.expander("Fold windows"):
             _table(view.windows, hide_index=True)

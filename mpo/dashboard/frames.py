@@ -21,6 +21,7 @@ __all__ = [
     "fold_sharpes",
     "long",
     "param_frame",
+    "param_pair",
     "train_table",
     "weights",
 ]
@@ -87,6 +88,14 @@ def param_frame(trials: pd.DataFrame, param: str) -> pd.DataFrame:
     frame = trials[["number", "state", "value", column]].rename(columns={column: param})
     frame[param] = pd.to_numeric(frame[param], errors="coerce")
     return frame.dropna(subset=[param]).reset_index(drop=True)
+
+
+def param_pair(trials: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """``number, <first>, <second>, value`` of the completed trials that tried both."""
+    done = trials[trials["state"] == "COMPLETE"]
+    frame = done[["number", f"param_{first}", f"param_{second}", "value"]]
+    frame = frame.rename(columns={f"param_{first}": first, f"param_{second}": second})
+    return frame.apply(pd.to_numeric, errors="coerce").dropna().reset_index(drop=True)
 
 
 def train_table(metrics: pd.DataFrame) -> pd.DataFrame:

@@ -70,6 +70,8 @@ UNFINISHED: tuple[tuple[str, str], ...] = (
                       "same `mpo train` command, or `mpo train SPEC --run-dir {path}`"),
     ("trials.csv", "an unfinished tuning run (no tuning.json, written last): rerun the same "
                    "`mpo tune` command, which resumes the study"),
+    ("*/returns.parquet", "an unfinished backtest (policy series but no run.json, written "
+                          "last): still running, or interrupted; rerun the same command"),
 )  # fmt: skip
 
 #: The series files of one policy (the layout of :func:`mpo.backtest.save_result`).
@@ -110,11 +112,15 @@ def _is_walkforward_summary(path: Path) -> bool:
         return True  # shown as a walk-forward whose summary.json is broken (the loader says so)
 
 
-def _problem(path: Path) -> str:
+def _unfinished(path: Path) -> str | None:
     for pattern, message in UNFINISHED:
         if any(path.glob(pattern)):
             return f"{str(path)!r} is {message.format(path=path)}."
-    return (
+    return None
+
+
+def _problem(path: Path) -> str:
+    return _unfinished(path) or (
         f"{str(path)!r} holds none of {', '.join(MARKERS.values())} (the file each mpo command "
         "writes last): an empty, interrupted or foreign folder. Rerun the command that made "
         "it, or remove the folder."
@@ -138,6 +144,9 @@ def _visit(path: Path, root: Path, depth: int, out: list[RunFolder]) -> bool:
     if kind is not None:
         mtime = (path / MARKERS[kind]).stat().st_mtime
         out.append(RunFolder(path, label, kind, modified=mtime))
+        return True
+    if path != root and (problem := _unfinished(path)):  # its subfolders are parts of it
+        out.append(RunFolder(path, label, None, problem, path.stat().st_mtime))
         return True
     found = False
     if depth > 0:
@@ -410,7 +419,8 @@ def load_walkforward(path: str | Path) -> WalkForwardView:
     aggregate = None
     if isinstance(agg, dict) and agg.get("policies"):
         aggregate = _metrics_frame(agg["policies"], path / "summary.json")
-        aggregate.insert(0, "n_universes", agg.get("n_universes", len(universes)))
+        if "n_universes" not in aggregate:
+            aggregate.insert(0, "n_universes", agg.get("n_universes", len(universes)))
     failures = summary.get("failures") or {}
     return WalkForwardView(path, summary, folds, windows, universes, aggregate, failures)
 
