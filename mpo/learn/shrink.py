@@ -70,7 +70,7 @@ class ShrinkConfig:
     n_assets, lookback, months : int
         Assets ``N``, months ``T`` per covariance estimate, months simulated per universe
         (the first ``lookback`` only feed the first estimate).
-    n_factors, alpha, persistence : int, float, float
+    n_factors, alpha, persistence, market_vol : int, float, float, float
         The universe (:func:`mpo.learn.shrink_universe.make_universe`).
     val, test : float
         Shares of the decision months for validation and test (the rest trains).
@@ -98,6 +98,7 @@ class ShrinkConfig:
     n_factors: int = 3
     alpha: float = 0.005
     persistence: float = 0.8
+    market_vol: float = 0.045
     val: float = 0.15
     test: float = 0.35
     lam: float = 0.2
@@ -136,7 +137,7 @@ class ShrinkConfig:
                 f"{s.val} validation and {s.test} test months; each needs >= {_MIN_MONTHS}: raise "
                 f"months (e.g. months >= {self.lookback + need})."
             )
-        for name in ("lam", "lr", "sigma_lr"):
+        for name in ("lam", "lr", "sigma_lr", "market_vol"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise SpecError(f"{name} must be finite and > 0, got {v!r}.")
@@ -255,7 +256,7 @@ class _Seed:
 def _prepare(cfg: ShrinkConfig, seed: int) -> _Seed:
     uni = make_universe(
         cfg.n_assets, cfg.months, seed, n_factors=cfg.n_factors, alpha=cfg.alpha,
-        persistence=cfg.persistence,
+        persistence=cfg.persistence, market_vol=cfg.market_vol,
     )  # fmt: skip
     train = cfg.splits().ranges()[0]
     L0 = cfg.lookback

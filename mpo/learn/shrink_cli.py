@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         alpha: Annotated[
             float, typer.Option("--alpha", help="Monthly return per s.d. of the signal.")
         ] = 0.005,
+        market_vol: Annotated[
+            float, typer.Option("--market-vol", help="Monthly volatility of the market factor.")
+        ] = 0.045,
         lam: Annotated[
             float, typer.Option("--lam", help="Weight of mu_hat against 1/2 w'Sigma w.")
         ] = 0.2,
@@ -68,6 +71,7 @@ def register(app: typer.Typer) -> None:
             cfg = ShrinkConfig(
                 seeds=tuple(range(first_seed, first_seed + seeds)), n_assets=assets,
                 lookback=lookback, months=months, n_factors=factors, alpha=alpha, lam=lam,
+                market_vol=market_vol,
                 cost_bps=cost_bps, turnover=turnover,
                 w_max=w_max, epochs=epochs, learned_sigma=learned_sigma,
             )  # fmt: skip

@@ -65,6 +65,7 @@ def make_universe(
     n_factors: int = 3,
     alpha: float = 0.005,
     persistence: float = 0.8,
+    market_vol: float = MONTHLY_SCALES["market_vol"],
 ) -> ShrinkUniverse:
     """Draw one universe (see the module docstring).
 
@@ -78,6 +79,8 @@ def make_universe(
         Monthly expected return per standard deviation of the characteristic.
     persistence
         AR(1) coefficient ``rho`` of the characteristic, in ``[0, 1)``.
+    market_vol
+        Monthly volatility of the market factor (the other scales: :data:`MONTHLY_SCALES`).
 
     Raises
     ------
@@ -95,7 +98,7 @@ def make_universe(
         n_factors=n_factors,
         seed=int(market_seed.generate_state(1)[0]),
         start="1990-01-01",
-        **MONTHLY_SCALES,
+        **(MONTHLY_SCALES | {"market_vol": market_vol}),
     )
     rng = np.random.default_rng(signal_seed)
     x = np.empty((months, n_assets))
