@@ -180,3 +180,25 @@ def test_the_window_covers_prices_from_start_to_end(market, make_spec):
     w = r.weights.loc[cal[104]]
     gross = float((w * (1 + expected)).sum() - 1)
     assert r.gross_returns.loc[cal[104]] == pytest.approx(gross, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "n, horizon, options, expected",
+    [(20, 3, {}, None), (100, 3, {}, True), (150, 1, {}, None), (100, 3, {"ignore_dpp": False},
+                                                                 False)],
+)  # fmt: skip
+def test_the_compile_path_follows_assets_times_horizon(make_spec, n, horizon, options, expected):
+    """DPP is skipped from n * H >= IGNORE_DPP_FROM (measured in benchmarks/scale.py), unless
+    solver_options choose."""
+    from mpo.policies import IGNORE_DPP_FROM, build_policy
+
+    kind = "spo" if horizon == 1 else "mpo"
+    spec = make_spec(
+        kind,
+        objective={"planning_horizon": horizon},
+        backtest={"solver_options": options},
+    )
+    policy = build_policy(spec, [f"A{i}" for i in range(n)])
+    assert policy.cvxpy_kwargs.get("ignore_dpp") is expected
+    if not options:
+        assert (n * horizon >= IGNORE_DPP_FROM) == (expected is True)

@@ -1,0 +1,146 @@
+"""Seconds per period and peak memory of SPO, MPO H=3 and DMPO-MPO as the universe grows.
+
+Each (policy, n, compile path) runs in a fresh subprocess on a synthetic factor
+market (``mpo.data.synthetic``, 3 factors) so that its peak resident memory
+(``ru_maxrss``) is its own. DMPO-MPO uses an untrained checkpoint of the
+default encoder (inference cost does not depend on training). ``dpp`` is
+cvxpy's parametrised compile (one compile, cheap re-solves), ``nodpp`` a
+fresh canonicalisation each period (``ignore_dpp=True``); ``auto`` is what
+mpo chooses (:data:`mpo.policies.optimization.IGNORE_DPP_FROM`).
+
+Usage: ``python benchmarks/scale.py [--sizes 20 100 500] [--periods 5] [--out PATH]``;
+prints a table and writes JSON (default ``benchmarks/results/scale.json``).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOOKBACK = 120
+
+
+def _spec(kind: str, n: int, path: str, ckpt: str | None) -> dict:
+    risk = {"kind": "factor", "factors": 3, "lookback": LOOKBACK}
+    spec = {
+        "name": f"{kind}-{n}",
+        "kind": kind,
+        "forecast": {"kind": "rolling_mean", "lookback": LOOKBACK},
+        "risk": risk,
+        "objective": {
+            "gamma_risk": 5.0,
+            "gamma_trade": 1.0,
+            "planning_horizon": 1 if kind == "spo" else 3,
+        },
+        "constraints": {"long_only": True, "max_weight": max(0.05, 2.0 / n), "leverage": 1.0},
+    }
+    if path == "dpp":
+        spec["backtest"] = {"solver_options": {"ignore_dpp": False}}
+    elif path == "nodpp":
+        spec["backtest"] = {"solver_options": {"ignore_dpp": True}}
+    if ckpt:
+        spec["learned"] = {"checkpoint": ckpt}
+        del spec["forecast"], spec["risk"]
+    return spec
+
+
+def _checkpoint(market, folder: Path) -> str:
+    """An untrained DMPO checkpoint of the default encoder for ``market``'s tickers."""
+    from mpo.learn.checkpoint import Checkpoint, save_checkpoint
+    from mpo.learn.dataset import FeatureSpec
+    from mpo.learn.encoders import EncoderConfig
+    from mpo.learn.train import build_dmpo_model
+
+    n = market.n_assets
+    features = FeatureSpec(window=20, horizon=3, features=("returns", "volatility"))
+    enc = EncoderConfig(kind="lstm", n_assets=n, n_features=2, window=20, horizon=3, hidden=32,
+                        factor="lowrank_diag", rank=3, mu_scale=5e-3)  # fmt: skip
+    qp = {"risk_aversion": 1.0, "gamma": 1e-3, "eps": 1e-6, "w_max": 1.0, "delta": 0.3,
+          "learned_delta": False, "backend": "fast"}  # fmt: skip
+    model = build_dmpo_model(enc, qp, 0)
+    cal = market.calendar
+    ckpt = Checkpoint(kind="dmpo", state_dict=model.state_dict(), encoder_config=enc.to_dict(),
+                      feature_config=features.to_dict(), qp_config=qp, tickers=market.tickers,
+                      train_window=[str(cal[0].date()), str(cal[50].date())],
+                      fingerprint="bench", seed=0)  # fmt: skip
+    return str(save_checkpoint(ckpt, folder / f"dmpo-{n}.pt"))
+
+
+def child(kind: str, n: int, path: str, periods: int) -> dict:
+    """One measurement (run in its own process)."""
+    import logging
+    import tempfile
+
+    logging.disable(logging.WARNING)
+    from mpo.backtest import run_backtests
+    from mpo.config import parse_spec
+    from mpo.data.synthetic import make_synthetic
+
+    market = make_synthetic(n_assets=n, n_periods=LOOKBACK + periods + 40, seed=0)
+    ckpt = _checkpoint(market, Path(tempfile.mkdtemp())) if kind == "dmpo_mpo" else None
+    spec = parse_spec(_spec(kind, n, path, ckpt))
+    cal = market.calendar
+    start = cal[LOOKBACK + 30]
+    tic = time.perf_counter()
+    run = run_backtests([spec], market, start=start, end=cal[LOOKBACK + 30 + periods],
+                        include_hold=False, progress=False)  # fmt: skip
+    wall = time.perf_counter() - tic
+    r = run.results[spec.name]
+    return {
+        "kind": kind, "n": n, "path": path, "periods": len(r.returns),
+        "seconds_per_period": r.seconds_per_period, "wall_s": wall,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "inaccurate": r.solves.get("inaccurate", 0),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 100, 500])
+    parser.add_argument("--periods", type=int, default=5)
+    parser.add_argument("--kinds", nargs="+", default=["spo", "mpo", "dmpo_mpo"])
+    parser.add_argument("--paths", nargs="+", default=["auto", "dpp", "nodpp"])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, n, path, periods = args.child
+        print(json.dumps(child(kind, int(n), path, int(periods))))
+        return
+    rows = []
+    for n in args.sizes:
+        for kind in args.kinds:
+            for path in args.paths if kind != "spo" else ["auto"]:
+                cmd = [sys.executable, __file__, "--child", kind, str(n), path, str(args.periods)]
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+                if out.returncode != 0:
+                    row = {"kind": kind, "n": n, "path": path,
+                           "error": out.stderr.strip().splitlines()[-1:]}  # fmt: skip
+                else:
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(
+                    f"{kind:>9} n={n:<4} {path:>5}: "
+                    + (f"{row['seconds_per_period']:.3f} s/period, peak {row['peak_mb']:.0f} MB"
+                       if "error" not in row else f"failed {row['error']}"),
+                    flush=True,
+                )  # fmt: skip
+    from mpo.io import package_versions, write_json
+
+    write_json({"rows": rows, "periods": args.periods, "lookback": LOOKBACK,
+                "cpus": os.cpu_count(), "versions": package_versions()}, args.out)  # fmt: skip
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
