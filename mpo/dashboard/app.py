@@ -58,7 +58,8 @@ def _chart(frame: pd.DataFrame, title: str, x: str, y: str, color: str | None = 
     enc = {
         "x": alt.X(f"{x}:{x_type}", title=None if x_type == "T" else x,
                    scale=alt.Scale(type="log") if log_x else alt.Undefined),
-        "y": alt.Y(f"{y}:Q", title=y, axis=alt.Axis(format=y_format) if y_format else alt.Undefined),
+        "y": alt.Y(f"{y}:Q", title=y, axis=alt.Axis(format=y_format) if y_format else alt.Undefined,
+                   scale=alt.Scale(zero=mark in ("area", "bar"))),  # lines: the data's range
         "tooltip": [c for c in (x, color, y) if c],
     }  # fmt: skip
     if color:
