@@ -21,7 +21,10 @@ from typing import Any
 
 import pandas as pd
 
+from mpo.errors import MpoError
+
 __all__ = [
+    "DiskFullError",
     "atomic_path",
     "check_name",
     "inside",
@@ -48,6 +51,20 @@ _PACKAGES = (
 )
 
 
+class DiskFullError(MpoError, OSError):
+    """A write failed because the disk (or quota) is full; the file it was to replace is intact.
+
+    An :class:`OSError` (``errno`` ``ENOSPC``, ``filename`` the target) and an
+    :class:`~mpo.errors.MpoError`: every ``mpo`` command prints it as one line.
+    """
+
+    def __str__(self) -> str:
+        return (
+            f"no space left on device writing {self.filename}: free space and rerun (a "
+            "previous version of the file, if any, is unchanged)."
+        )
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success fsync and rename it to ``target``.
@@ -55,8 +72,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     The temporary file is hidden and named after the target (``.<name>.<random>.tmp``);
     it is removed on any error, so ``target`` is either its old content or the new one,
     never a partial file. A write that fails because the disk (or quota) is full, from
-    any writer (Python, pyarrow, torch), is raised as ``OSError(ENOSPC)`` naming
-    ``target``. Only a process killed mid-write can leave the temporary file behind.
+    any writer (Python, pyarrow, torch), is raised as :class:`DiskFullError` (an
+    ``OSError`` with ``errno.ENOSPC``) naming ``target``. Only a process killed mid-write can leave the temporary file behind.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -74,7 +91,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         if not _disk_full(exc, target.parent):
             raise
         tmp_path.unlink(missing_ok=True)
-        raise OSError(errno.ENOSPC, "No space left on device", str(target)) from exc
+        raise DiskFullError(errno.ENOSPC, "No space left on device", str(target)) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import optuna
 
-from mpo.errors import TuningError
+from mpo.errors import MpoError, TuningError
 
 __all__ = ["JournalWriteError", "SafeJournalFileBackend", "journal_write_error", "repair_journal"]
 
@@ -100,8 +100,18 @@ def repair_journal(path: str | Path) -> Path | None:
         lock.release()
 
 
-class JournalWriteError(OSError):
-    """An append to a journal file failed (full disk, quota); the journal is unchanged."""
+class JournalWriteError(MpoError, OSError):
+    """An append to a journal file failed (full disk, quota); the journal is unchanged.
+
+    An :class:`OSError` (``errno``, ``filename`` the journal) and an
+    :class:`~mpo.errors.MpoError`: ``mpo tune`` prints it as one line.
+    """
+
+    def __str__(self) -> str:
+        return (
+            f"{self.strerror} appending to the tuning journal {self.filename}: free space and "
+            "rerun the same command to resume (the records written before are kept)."
+        )
 
 
 def journal_write_error(exc: BaseException) -> JournalWriteError | None:
@@ -144,10 +154,7 @@ class SafeJournalFileBackend(optuna.storages.journal.JournalFileBackend):
                         os.ftruncate(fd, start)
                         os.fsync(fd)
                     raise JournalWriteError(
-                        exc.errno,
-                        f"{exc.strerror or exc}: could not append to the tuning journal (the "
-                        "records written before are kept; free space and rerun to resume)",
-                        self._file_path,
+                        exc.errno, exc.strerror or str(exc), self._file_path
                     ) from exc
             finally:
                 os.close(fd)

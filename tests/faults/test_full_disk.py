@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 import mpo.io as mio
 from mpo.data.cache import CachedHistory, PriceCache
-from mpo.io import write_json, write_parquet
+from mpo.io import DiskFullError, write_json, write_parquet
 from mpo.learn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from mpo.learn.progress import RunIdentity, load_progress, save_progress
 
@@ -132,7 +132,7 @@ def test_a_full_disk_keeps_the_previous_file_and_leaves_no_partial_one(
         _no_space_left(m, mode)
         with pytest.raises(OSError) as info:
             write(path, 2)
-    assert info.value.errno == errno.ENOSPC
+    assert isinstance(info.value, DiskFullError) and info.value.errno == errno.ENOSPC
     assert info.value.filename == str(path)  # the error names the file
     assert path.read_bytes() == before and read(path) == 1  # the old file, intact
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file
@@ -158,7 +158,8 @@ def _assert_one_message(result, path_part: str) -> None:
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.output
-    assert "No space left on device" in lines[0] and path_part in lines[0], lines[0]
+    assert "no space left on device" in lines[0].lower() and path_part in lines[0], lines[0]
+    assert "free space and rerun" in lines[0], lines[0]
 
 
 def test_backtest_on_a_full_disk_is_one_message_and_saves_no_partial_file(
@@ -248,7 +249,7 @@ def test_backtest_on_a_real_full_disk(specs, tmp_path):
         assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
-        assert "No space left on device" in line and str(disk / "runs") in line, line
+        assert "no space left on device" in line.lower() and str(disk / "runs") in line, line
         assert json.loads(earlier.read_text()) == {"v": 1}
         for p in (disk / "runs").rglob("*"):
             assert not TEMP.match(p.name), p
@@ -256,3 +257,73 @@ def test_backtest_on_a_real_full_disk(specs, tmp_path):
                 pd.read_parquet(p)
             elif p.suffix == ".json":
                 json.loads(p.read_text())
+
+
+@pytest.mark.slow
+def test_tune_on_a_real_full_disk_keeps_the_journal_and_resumes(specs, tmp_path):
+    """A study with one finished trial on a tmpfs that then fills up: ``mpo tune`` stops with
+    one message, the journal stays valid, and a rerun with room completes the study."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mpo.tuning import open_storage
+
+    with tmpfs_script(tmp_path) as (disk, launch):
+        spec = disk / "spo.toml"
+
+        def cmd(trials: int) -> str:
+            return shlex.join(mpo("tune", spec, "--trials", trials, "--storage",
+                                  disk / "s.journal", "--study", "s", "--out", disk / "runs",
+                                  "--no-progress"))  # fmt: skip
+
+        script = (f"cp {specs['spo']} {spec} && {cmd(1)} > /dev/null && "
+                  f"{fill_disk(disk, 0)} && {cmd(3)}")  # fmt: skip
+        proc = launch(script, size_kb=8192)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert "no space left on device" in line.lower(), line
+        data = (disk / "s.journal").read_bytes()
+        assert data.endswith(b"\n") and all(json.loads(x) for x in data.splitlines())
+        (disk / ".filler").unlink()
+        for p in disk.rglob("*"):
+            assert not TEMP.match(p.name), p
+        storage = open_storage(disk / "s.journal")
+        first = optuna.load_study(study_name="s", storage=storage).get_trials(
+            states=(TrialState.COMPLETE,)
+        )
+        assert 1 <= len(first) < 3  # what fitted in the journal's last page was written
+        invoke(mpo("tune", spec, "--trials", 3, "--storage", disk / "s.journal", "--study", "s",
+                   "--out", tmp_path / "runs", "--no-progress"))  # fmt: skip
+        study = optuna.load_study(study_name="s", storage=open_storage(disk / "s.journal"))
+        done = study.get_trials(states=(TrialState.COMPLETE,))
+        assert len(done) == 3
+        assert [(t.params, t.value) for t in done[: len(first)]] == [
+            (t.params, t.value) for t in first
+        ]
+
+
+@pytest.mark.slow
+def test_train_on_a_real_full_disk_resumes_to_the_same_weights(specs, tmp_path):
+    """``mpo train`` on a tmpfs with room for a few epochs: one message, exit code 2, the
+    last progress file intact; a rerun with room ends with the uninterrupted weights."""
+    from test_kill_train import _assert_same, _command
+
+    reference = tmp_path / "reference"
+    invoke(_command(specs["train"], reference))
+    with tmpfs_script(tmp_path) as (disk, launch):
+        run_dir = disk / "run"
+        script = f"{fill_disk(disk, 150)} && {shlex.join(_command(specs['train'], run_dir))}"
+        proc = launch(script, size_kb=4096)
+        assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert "no space left on device" in line.lower() and str(run_dir) in line, line
+        assert not [p for p in run_dir.iterdir() if TEMP.match(p.name)]
+        progress = list(run_dir.glob("*-progress.pt"))
+        assert progress, sorted(p.name for p in run_dir.iterdir())
+        for p in progress:
+            torch.load(p, weights_only=True)  # complete
+        (disk / ".filler").unlink()
+        invoke(_command(specs["train"], run_dir))
+        _assert_same(reference, run_dir)

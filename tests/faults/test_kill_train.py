@@ -76,6 +76,7 @@ def _kill_and_resume(specs, reference: Path, tmp_path: Path, seed: int) -> None:
     _assert_same(reference, run_dir)
 
 
+@pytest.mark.slow  # the default run has tests/learn/test_resume.py's real SIGKILL
 def test_train_killed_at_a_random_epoch_resumes_to_the_same_weights(specs, reference, tmp_path):
     _kill_and_resume(specs, reference, tmp_path, seed=2)
 
