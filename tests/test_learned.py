@@ -274,3 +274,27 @@ def test_dmpo_qp_turnover_limit_is_tuned(market, checkpoint, tmp_path):
     assert (traded <= res.best_params["delta"] + 1e-8).all()
     with pytest.raises(SpecError, match="not tunable for kind='dmpo_mpo'"):
         _spec("dmpo_mpo", checkpoint, tuning={"params": {"delta": {"low": 0.1, "high": 1}}})
+
+
+def test_dmpo_mpo_passes_a_low_rank_sigma_as_a_factor_model(market, checkpoint, monkeypatch):
+    """L_hat as cvxportfolio factor exposures gives the dense Sigma_hat's decisions."""
+    import cvxportfolio as cvx
+
+    import mpo.forecast.learned as learned
+
+    spec = _spec("dmpo_mpo", checkpoint)
+    window = dict(start=START, end="2017-06-15", progress=False, include_hold=False)
+    views = LearnedViews(checkpoint)
+    assert isinstance(learned.learned_risk(views), learned.LearnedFactorRisk)
+    factor = run_backtests([spec], market, **window).results["dmpo_mpo"]
+    monkeypatch.setattr(
+        learned, "learned_risk", lambda v: cvx.FullCovariance(Sigma=LearnedCovariance(v))
+    )
+    dense = run_backtests([spec], market, **window).results["dmpo_mpo"]
+    np.testing.assert_allclose(factor.weights.to_numpy(), dense.weights.to_numpy(), atol=1e-6)
+    # and the factor model's quadratic form is Sigma_hat's
+    t = market.calendar[market.calendar.get_loc(pd.Timestamp(START))]
+    past = market.returns_with_cash().loc[market.calendar < t]
+    out = views.at(t, past, market.volumes.loc[market.volumes.index < t])
+    F, d = out["F"].to_numpy(), out["d"].to_numpy()
+    np.testing.assert_allclose(F.T @ F + np.diag(d), out["Sigma"].to_numpy(), atol=1e-14)

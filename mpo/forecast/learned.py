@@ -27,6 +27,7 @@ import logging
 from pathlib import Path
 
 import cvxportfolio as cvx
+import cvxpy as cp
 import numpy as np
 import pandas as pd
 import torch
@@ -162,9 +163,12 @@ class LearnedViews:
         sigma = L @ L.T + np.eye(len(self.tickers)) * self.eps
         if d is not None:
             sigma = sigma + np.diag(d)
+        idio = np.full(len(self.tickers), self.eps) + (0.0 if d is None else d)
         return {
             "mu": pd.DataFrame(mu, columns=self._index),
             "Sigma": pd.DataFrame(sigma, index=self._index, columns=self._index),
+            "F": pd.DataFrame(L.T, columns=self._index),  # k x n: factor rows, ticker columns
+            "d": pd.Series(idio, index=self._index),
             "views": views,
         }
 
@@ -231,6 +235,51 @@ class LearnedCovariance:
 
     def values_in_time(self, t, past_returns, past_volumes=None, cache=None, **kwargs):
         return self.views.at(t, past_returns, past_volumes, cache)["Sigma"].copy()
+
+
+class LearnedFactorRisk(cvx.costs.Cost):
+    """``w' (L L' + diag(d) + eps I) w`` as ``||L' w||^2 + ||sqrt(d + eps) * w||^2``.
+
+    The learned Sigma_hat as a factor model (what cvxportfolio's
+    ``FactorModelCovariance`` compiles, O(n k) per solve instead of O(n^2)),
+    with ``L_hat`` and ``d_hat`` from the encoder at each decision. cvxportfolio's
+    own factor model cannot take them: it sizes its parameters by evaluating
+    ``F`` from the time alone, before any data is seen.
+    """
+
+    def __init__(self, views: LearnedViews):
+        self.views = views
+
+    def __repr__(self) -> str:
+        return f"LearnedFactorRisk({self.views!r})"
+
+    def initialize_estimator(self, universe, **kwargs):
+        n = len(universe) - 1
+        self._exposures = cp.Parameter((self.views.model.encoder_config.k, n))
+        self._idio_sqrt = cp.Parameter(n, nonneg=True)
+
+    def values_in_time(self, t, past_returns, past_volumes=None, cache=None, **kwargs):
+        out = self.views.at(t, past_returns, past_volumes, cache)
+        tickers = past_returns.columns[:-1]  # the universe's order, cash last
+        self._exposures.value = out["F"][tickers].to_numpy()
+        self._idio_sqrt.value = np.sqrt(out["d"][tickers].to_numpy())
+
+    def compile_to_cvxpy(self, w_plus, z, w_plus_minus_w_bm, **kwargs):
+        w = w_plus_minus_w_bm[:-1]
+        return cp.sum_squares(self._exposures @ w) + cp.sum_squares(cp.multiply(self._idio_sqrt, w))
+
+
+def learned_risk(views: LearnedViews):
+    """cvxportfolio's risk term of ``Sigma_hat = L L' + diag(d) + eps I``.
+
+    :class:`LearnedFactorRisk` when ``L`` has fewer columns than assets
+    (``lowrank``/``lowrank_diag`` encoders), the dense covariance for ``full``
+    factors and the two-stage model's Cholesky factor. The same quadratic form
+    either way (tested).
+    """
+    if views.kind == "dmpo" and views.model.encoder_config.k < len(views.tickers):
+        return LearnedFactorRisk(views)
+    return cvx.FullCovariance(Sigma=LearnedCovariance(views))
 
 
 class DMPOQPPolicy(cvx.policies.Policy):

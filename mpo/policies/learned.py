@@ -8,7 +8,6 @@ decision. Both read ``[learned] checkpoint`` (written by ``mpo train``).
 
 from __future__ import annotations
 
-import cvxportfolio as cvx
 import pandas as pd
 
 from mpo.policies.base import POLICY_KINDS, PolicyKind, cost_model
@@ -62,9 +61,9 @@ class DMPOMPOKind(_Learned, OptimizationKind):
         return LearnedReturnsForecast(self.views())
 
     def risk_model(self, universe, calendar=None):
-        from mpo.forecast.learned import LearnedCovariance
+        from mpo.forecast.learned import learned_risk
 
-        return cvx.FullCovariance(Sigma=LearnedCovariance(self.views()))
+        return learned_risk(self.views())
 
     def required_history(self) -> int:
         return max(cost_model(self.spec).min_history, self.views().history())
