@@ -496,12 +496,16 @@ def tune(
 
 
 def _register_commands() -> None:
+    from mpo.dashboard.cli import register as register_dashboard
     from mpo.learn.cli import register as register_train
     from mpo.learn.explain_cli import register as register_explain
+    from mpo.learn.shrink_cli import register as register_shrink
     from mpo.research.cli import register as register_walkforward
 
     register_train(app)
     register_explain(app)
+    register_shrink(app)
+    register_dashboard(app)
     register_walkforward(
         app,
         _guard,
