@@ -151,3 +151,18 @@ def test_a_backtest_of_a_cut_checkpoint_is_one_clear_error(tmp_path):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "dmpo.pt" in result.output
     assert issubclass(CheckpointError, MpoError)
+
+
+@pytest.mark.slow
+def test_a_lock_left_by_a_kill_mid_append_delays_the_next_run_but_loses_nothing(journal, tmp_path):
+    """SIGKILL inside an append leaves ``<journal>.lock``; the next open waits for Optuna's
+    grace period (30 s), takes the lock over, and the study goes on."""
+    import time
+
+    path = tmp_path / "s.journal"
+    path.write_bytes(journal)
+    (tmp_path / "s.journal.lock").touch()
+    tic = time.monotonic()
+    got = _complete_trials(path)
+    assert time.monotonic() - tic < 120
+    assert len(got) == 6 and not (tmp_path / "s.journal.lock").exists()
