@@ -30,7 +30,8 @@ REMEDIES = ("none", "l1_penalty", "larger_delta", "learned_delta", "curriculum")
 
 
 def load_training_market(spec, data: str | None, seed: int | None, adv: float | None):
-    """The spec's market (``--data`` overrides the source; synthetic gets ``predictability``)."""
+    """The spec's market (``--data`` overrides the source; synthetic gets ``predictability``
+    and the factor scales of ``[data]``)."""
     from mpo.data.sources import load_market_data
     from mpo.data.synthetic import make_synthetic
 
@@ -43,6 +44,7 @@ def load_training_market(spec, data: str | None, seed: int | None, adv: float | 
             n_periods=d.n_periods,
             seed=d.seed if seed is None else seed,
             predictability=d.predictability,
+            **d.synthetic_scales(),
             **({} if (adv or d.adv) is None else {"adv": adv or d.adv}),
         )
         return market if d.tickers is None or custom else market.select(d.tickers)
@@ -142,6 +144,7 @@ def run_experiment(
     resume: Path | None = None,
     remedies: tuple[str, ...] = (),
     force: bool = False,
+    trials: int | None = None,
 ) -> dict:
     """Train DMPO and the baselines, evaluate val/test sequentially, save the run folder.
 
@@ -168,10 +171,19 @@ def run_experiment(
     from mpo.learn.train import TrainingCosts, dmpo_decider, run_sequential, train_dmpo
 
     prepare_run_dir(run_dir, force=force)
+    search = None
+    if trials:
+        search = _search(spec, market, run_dir, trials, progress, force)
+        spec = search.spec
     costs = TrainingCosts.from_spec(spec)
     ds = make_dataset(market, spec.feature_spec(), costs.model.estimates)
     s = spec.split
-    train, val, test = chronological_split(ds, s.val, s.test, s.purge)
+    if search is None:
+        train, val, test = chronological_split(ds, s.val, s.test, s.purge)
+    else:
+        from mpo.learn.trials import aligned_splits
+
+        train, val, test = aligned_splits(ds, search.dates)
     seed = spec.train.seed
     splits = {sp.name: sp.describe() for sp in (train, val, test)}
 
@@ -225,19 +237,60 @@ def run_experiment(
         "best_epoch": {"dmpo": dmpo.fit.best_epoch},
         "versions": package_versions(),
     }
+    if search is not None:
+        results["trials"] = search.record
     save_curves(histories, run_dir / "curves.png")
     clean_leftovers(run_dir)
     write_json(results, run_dir / "results.json")  # last: marks the run finished
     return results
 
 
+def _search(spec, market, run_dir: Path, n_trials: int, progress: bool, force: bool):
+    """The ``--trials`` search; its selected checkpoint becomes ``run_dir / dmpo.pt``."""
+    from mpo.learn.train import train_dmpo
+    from mpo.learn.trials import clear_search, run_search
+
+    if force:
+        clear_search(run_dir)
+
+    def train_trial(sp, ds, train, val, folder: Path):
+        splits = {x.name: x.describe() for x in (train, val)}
+
+        def to_checkpoint(tr, kind, s):
+            ck = _checkpoint(tr.model.state_dict(), s, ds, train, "dmpo", s.train.seed,
+                             tr.fit.history, splits)  # fmt: skip
+            ck.extra["best_epoch"] = tr.fit.best_epoch
+            return ck
+
+        fn = lambda **kw: train_dmpo(sp, ds, train, val, progress=progress, **kw)  # noqa: E731
+        return _train_durably("dmpo", sp, folder, ds.fingerprint, fn, to_checkpoint)
+
+    search = run_search(spec, market, run_dir, n_trials, train_trial)
+    search.install(run_dir)  # the selected trial's model is the run's DMPO: not retrained
+    return search
+
+
+def _format_search(record: dict) -> str:
+    """The ``--trials`` summary printed above the results table."""
+    sel, dsr = record["selected"], record["deflated"]
+    params = ", ".join(f"{k}={v:.4g}" for k, v in sel["params"].items())
+    return (
+        f"trials: {dsr['n_trials']} on the validation split; selected #{sel['number']} "
+        f"({params}), validation Sharpe {sel['val_sharpe']:+.2f}; deflated Sharpe ratio "
+        f"{dsr['dsr']:.3f} (PSR {dsr['psr']:.3f}, trial-Sharpe variance "
+        f"{dsr['trial_sharpe_variance']:.2e} per period)"
+    )
+
+
 def _choose_run_dir(ts, market, out: Path, run_dir: Path | None, resume: Path | None,
-                    force: bool) -> tuple[Path, Path | None]:  # fmt: skip
+                    force: bool, trials: int | None = None
+                    ) -> tuple[Path, Path | None]:  # fmt: skip
     """The run folder and the interrupt checkpoint (``--resume FILE``) to start DMPO from.
 
     ``--run-dir`` wins, then ``--resume`` (a folder, or a file's folder); otherwise the
-    newest unfinished ``OUT/*-train-<name>`` of the same spec, data and seed is resumed
-    (unless ``force``), or a new ``OUT/<stamp>-train-<name>`` is made.
+    newest unfinished ``OUT/*-train-<name>`` of the same spec, data and seed (with
+    ``trials``: or of the same study) is resumed (unless ``force``), or a new
+    ``OUT/<stamp>-train-<name>`` is made.
     """
     from mpo.learn.progress import RunIdentity, find_unfinished
 
@@ -250,7 +303,12 @@ def _choose_run_dir(ts, market, out: Path, run_dir: Path | None, resume: Path | 
     if run_dir is not None:
         return run_dir, legacy
     identity = RunIdentity(ts.model_dump(), market.fingerprint(), ts.train.seed)
-    found = None if force else find_unfinished(list(out.glob(f"*-train-{ts.name}")), identity)
+    candidates = list(out.glob(f"*-train-{ts.name}"))
+    found = None if force else find_unfinished(candidates, identity)
+    if found is None and trials and not force:
+        from mpo.learn.trials import find_unfinished_search
+
+        found = find_unfinished_search(candidates, ts, market)
     if found is not None:
         typer.echo(f"resuming the interrupted run in {found}")
         return found, None
@@ -295,6 +353,14 @@ def register(app: typer.Typer) -> None:
         compare_remedies: Annotated[
             bool, typer.Option("--compare-remedies", help="Also train every starvation remedy.")
         ] = False,
+        trials: Annotated[
+            int | None,
+            typer.Option(
+                "--trials",
+                help="First search N trials of lr, hidden, delta, l1_penalty and window "
+                "(Optuna, validation split only); the selected trial's model is the run's.",
+            ),
+        ] = None,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide bars.")] = False,
         run_dir_opt: Annotated[
             Path | None,
@@ -330,10 +396,11 @@ def register(app: typer.Typer) -> None:
                 f"({d['periods']} periods), fingerprint {d['fingerprint']}"
             )
             typer.echo(market.volume_note)
-            run_dir, legacy = _choose_run_dir(ts, market, out, run_dir_opt, resume, force)
+            run_dir, legacy = _choose_run_dir(ts, market, out, run_dir_opt, resume, force,
+                                              trials)  # fmt: skip
             results = run_experiment(
                 ts, market, run_dir, progress=not no_progress, resume=legacy,
-                remedies=REMEDIES if compare_remedies else (), force=force,
+                remedies=REMEDIES if compare_remedies else (), force=force, trials=trials,
             )  # fmt: skip
         except KeyboardInterrupt as exc:
             typer.secho(
@@ -354,5 +421,7 @@ def register(app: typer.Typer) -> None:
             f"costs: {ts.costs.describe()}; impact at a portfolio value of "
             f"${ts.costs.value:,.0f}\n"
         )
+        if "trials" in results:
+            typer.echo(_format_search(results["trials"]) + "\n")
         typer.echo(format_results(results))
         typer.echo(f"\nresults written to {run_dir}")
