@@ -30,8 +30,7 @@ REMEDIES = ("none", "l1_penalty", "larger_delta", "learned_delta", "curriculum")
 
 
 def load_training_market(spec, data: str | None, seed: int | None, adv: float | None):
-    """The spec's market (``--data`` overrides the source; synthetic gets ``predictability``
-    and the factor scales of ``[data]``)."""
+    """The spec's market (``--data`` overrides the source; synthetic gets ``predictability``)."""
     from mpo.data.sources import load_market_data
     from mpo.data.synthetic import make_synthetic
 
@@ -44,7 +43,6 @@ def load_training_market(spec, data: str | None, seed: int | None, adv: float | 
             n_periods=d.n_periods,
             seed=d.seed if seed is None else seed,
             predictability=d.predictability,
-            **d.synthetic_scales(),
             **({} if (adv or d.adv) is None else {"adv": adv or d.adv}),
         )
         return market if d.tickers is None or custom else market.select(d.tickers)

@@ -53,23 +53,11 @@ Remedy = Literal["none", "l1_penalty", "larger_delta", "learned_delta", "curricu
 
 class DataSection(DataSpec):
     """Default data as in policy specs (the CLI's ``--data`` overrides ``source``), plus the
-    shape of the synthetic market (:func:`mpo.data.synthetic.simulate_market`; a scale
-    left ``None`` takes that function's default)."""
+    shape of the synthetic market."""
 
     n_assets: PositiveInt = 20
     n_periods: Annotated[int, Field(ge=100)] = 1500
     predictability: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    market_vol: Positive | None = Field(
-        default=None, description="Synthetic: daily volatility of the market factor."
-    )
-    style_vol: Positive | None = Field(
-        default=None, description="Synthetic: daily volatility of each style factor."
-    )
-
-    def synthetic_scales(self) -> dict[str, float]:
-        """The synthetic market's scales this section sets (keyword arguments)."""
-        names = ("market_vol", "style_vol")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
 class FeaturesSection(_Strict):
