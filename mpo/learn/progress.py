@@ -66,7 +66,9 @@ class RunIdentity:
             out.append(f"seed: saved {saved.seed}, now {self.seed}")
         a, b = _flatten(saved.spec), _flatten(self.spec)
         for key in sorted(set(a) | set(b)):
-            if key != "train.seed" and a.get(key, "<absent>") != b.get(key, "<absent>"):
+            if key == "train.seed" or _same_field(a, b, key):
+                continue
+            if a.get(key, "<absent>") != b.get(key, "<absent>"):
                 out.append(f"spec field {key}: saved {a.get(key, '<absent>')!r}, now "
                            f"{b.get(key, '<absent>')!r}")  # fmt: skip
         return out
@@ -80,6 +82,12 @@ class RunIdentity:
                 "resumed:\n  - " + "\n  - ".join(diffs) + "\nRerun with the same spec, data "
                 "and seed to resume it, or pass --force to start that run folder over."
             )
+
+
+def _same_field(a: dict, b: dict, key: str) -> bool:
+    """A field absent on one side and ``None`` (a new optional field unset) on the other is
+    the same setting: adding an optional spec field does not orphan interrupted runs."""
+    return (key not in a and b.get(key, 0) is None) or (key not in b and a.get(key, 0) is None)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -85,3 +85,15 @@ def test_train_killed_at_a_random_epoch_resumes_to_the_same_weights(specs, refer
 @pytest.mark.parametrize("seed", range(8))
 def test_train_killed_at_random_epochs(specs, reference, tmp_path, seed):
     _kill_and_resume(specs, reference, tmp_path, seed=seed)
+
+
+def test_an_optional_spec_field_added_since_the_kill_does_not_orphan_the_run():
+    """A spec field added to mpo after the kill (absent in the progress file, ``None`` now) is
+    the same setting; a field set to a value still refuses the resume."""
+    from mpo.learn.progress import RunIdentity
+
+    saved = RunIdentity({"data": {"n_assets": 4}}, "abc", 0)
+    assert RunIdentity({"data": {"n_assets": 4, "new": None}}, "abc", 0).differences(saved) == []
+    assert RunIdentity({"data": {"n_assets": 4, "new": 2}}, "abc", 0).differences(saved) == [
+        "spec field data.new: saved '<absent>', now 2"
+    ]
