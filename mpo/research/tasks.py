@@ -11,10 +11,11 @@ Two kinds of task, both safe to run on any Dask worker that sees the run folder:
 A task writes its result atomically into ``tasks/<universe>/<spec>/`` with an
 *identity* (hash of spec, fold, tickers, data fingerprint, trials, seed); a
 task whose result file exists with the same identity is not run again, which
-is what makes a killed run resumable. A task that was interrupted is rerun
-from its start (a fold's unfinished study is cleared first) so that the
-results equal those of an uninterrupted run; a training task resumes from its
-last finished epoch, which gives the same final weights.
+is what makes a killed run resumable. An interrupted tuning task resumes its
+fold's study: finished trials are kept, the trial left running is run again,
+and the per-trial seeds (:mod:`mpo.tuning.sampler`) make the result equal an
+uninterrupted run's; a training task resumes from its last finished epoch,
+which gives the same final weights.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def _fit_tuned(task: FitTask, market: MarketData) -> dict:
     import optuna
 
     from mpo.tuning import tune
-    from mpo.tuning.storage import count_trials, open_storage
+    from mpo.tuning.storage import count_trials, open_storage, recover_stale_trials
     from mpo.tuning.windows import Windows, lookback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -262,17 +263,18 @@ def _fit_tuned(task: FitTask, market: MarketData) -> dict:
     n_trials = task.n_trials
     store = open_storage(task.storage)
     with contextlib.suppress(KeyError):
+        # Under the fold's lock no one else runs this study: a running trial was left by a
+        # killed task. It is failed and run again; the finished trials are kept, and the
+        # per-trial seeds (mpo.tuning.sampler) make the result an uninterrupted run's.
         study = optuna.load_study(study_name=task.study_name, storage=store)
+        again = recover_stale_trials(study, store, every=True)
         done = count_trials(study)[0]
         if done < n_trials:
             logger.warning(
-                "%s: its study was interrupted at %d of %d trials; starting it again so the "
-                "result equals an uninterrupted run's",
-                task.key,
-                done,
-                n_trials,
-            )
-            optuna.delete_study(study_name=task.study_name, storage=store)
+                "%s: its study was interrupted at %d of %d trials; resuming it (trials %s "
+                "left running are run again)",
+                task.key, done, n_trials, again or "none",
+            )  # fmt: skip
     windows = Windows(
         fold.train_start,
         fold.train_end,

@@ -152,7 +152,7 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def recover_stale_trials(study: optuna.Study, storage) -> list[int]:
+def recover_stale_trials(study: optuna.Study, storage, *, every: bool = False) -> list[int]:
     """Fail the running trials of dead workers on this host and queue their parameters again.
 
     A worker killed with ``kill -9`` leaves its trial RUNNING forever in a
@@ -172,13 +172,7 @@ def recover_stale_trials(study: optuna.Study, storage) -> list[int]:
     recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker", "")
-        w_host, _, pid = worker.rpartition(":")
-        if w_host != host or not pid.isdigit():
-            continue
-        if int(pid) == os.getpid():  # this process: abandoned unless it runs it right now
-            if running_here(study.study_name, t.number):
-                continue
-        elif pid_alive(int(pid)):
+        if not every and not _abandoned(worker, study.study_name, t.number, host, running_here):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         storage.set_trial_user_attr(trial_id, "fail_reason", f"worker {worker} died")
@@ -194,6 +188,17 @@ def recover_stale_trials(study: optuna.Study, storage) -> list[int]:
             worker,
         )
     return recovered
+
+
+def _abandoned(worker: str, study_name: str, number: int, host: str, running_here) -> bool:
+    """Whether trial ``number``'s ``worker`` (``host:pid``) is a dead process of this host,
+    or this process no longer evaluating it."""
+    w_host, _, pid = worker.rpartition(":")
+    if w_host != host or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return not running_here(study_name, number)
+    return not pid_alive(int(pid))
 
 
 def study_config(job: TuningJob, objective_settings: dict | None = None) -> dict:

@@ -21,11 +21,60 @@ import pytest
 from _faults import ENV, mpo, rng, run, timed_run
 from test_walkforward_dask import N_TEST, OPTIONS, POLICIES, SPEC, _folds
 
-pytestmark = pytest.mark.slow
-
 
 def _command(spec: Path, out: Path) -> list[str]:
     return mpo("walkforward", spec, *OPTIONS, "--workers", 1, "--out", out, "--no-progress")
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: escapes Optuna without recording the trial's end."""
+
+
+def test_an_interrupted_fold_study_is_resumed_and_keeps_its_finished_trials(tmp_path, monkeypatch):
+    """A tuning task killed in its second trial: the rerun keeps trial 0, runs the trial
+    left running again, and its result equals an uninterrupted task's."""
+    import optuna
+    from optuna.trial import TrialState
+    from test_walkforward import tuned_spo
+
+    from mpo.data.synthetic import make_synthetic
+    from mpo.research import make_folds
+    from mpo.research.tasks import FitTask, run_fit
+    from mpo.tuning import TrialRunner, open_storage
+
+    market = make_synthetic(n_assets=4, n_periods=420, seed=3)
+    fold = make_folds(market.calendar, train="80d", test="60d", purge=6, history=40)[0]
+
+    def task(root: Path) -> FitTask:
+        return FitTask(universe="main", spec=tuned_spo(), fold=fold, root=str(root),
+                       fingerprint=market.fingerprint(), storage=str(root / "s.journal"),
+                       trials=3, seed=0)  # fmt: skip
+
+    whole = run_fit(task(tmp_path / "whole"), market)
+    real, calls = TrialRunner.evaluate, []
+
+    def evaluate(self, params, trial=None):
+        calls.append(params)
+        if len(calls) == 2:
+            raise Killed
+        return real(self, params, trial)
+
+    killed = task(tmp_path / "killed")
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        m.setattr(TrialRunner, "evaluate", evaluate)
+        run_fit(killed, market)
+    store = open_storage(killed.storage)
+    study = optuna.load_study(study_name=killed.study_name, storage=store)
+    (first,) = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(study.get_trials(states=(TrialState.RUNNING,))) == 1
+
+    resumed = run_fit(killed, market)
+    study = optuna.load_study(study_name=killed.study_name, storage=store)
+    kept = study.trials[first.number]
+    assert kept.state == TrialState.COMPLETE and kept.value == first.value
+    assert kept.datetime_start == first.datetime_start  # the same trial: kept, not rerun
+    strip = lambda f: {k: v for k, v in f.items() if k not in ("identity", "study")}  # noqa: E731
+    assert strip(resumed) == strip(whole)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +97,7 @@ def _kill_group_after(cmd: list[str], delay: float) -> None:
     proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_walkforward_killed_at_a_random_point_resumes_bit_identically(reference, tmp_path, seed):
     spec, whole, seconds = reference
