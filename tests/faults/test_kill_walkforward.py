@@ -48,7 +48,7 @@ def test_an_interrupted_fold_study_is_resumed_and_keeps_its_finished_trials(tmp_
     def task(root: Path) -> FitTask:
         return FitTask(universe="main", spec=tuned_spo(), fold=fold, root=str(root),
                        fingerprint=market.fingerprint(), storage=str(root / "s.journal"),
-                       trials=3, seed=0)  # fmt: skip
+                       trials=2, seed=0)  # fmt: skip
 
     whole = run_fit(task(tmp_path / "whole"), market)
     real, calls = TrialRunner.evaluate, []
