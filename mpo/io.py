@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import platform
 import re
@@ -30,9 +31,12 @@ __all__ = [
     "inside",
     "new_run_dir",
     "package_versions",
+    "remove_stale_temps",
     "write_json",
     "write_parquet",
 ]
+
+logger = logging.getLogger(__name__)
 
 _PACKAGES = (
     "mpo",
@@ -194,6 +198,33 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def remove_stale_temps(folder: str | Path, older_than: float = 3600.0) -> list[Path]:
+    """Delete the hidden temporary files (``.<name>.<random>.tmp``) a killed writer left in
+    ``folder``, if older than ``older_than`` seconds (a live writer's are younger).
+
+    :func:`atomic_path` removes its temporary file on every error, but not when
+    the process is killed mid-write. Returns the paths removed.
+    """
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # another process removed it, or no permission: leave it
+            continue
+    if removed:
+        logger.info("removed %d temporary file(s) left by a killed writer in %s", len(removed),
+                    folder)  # fmt: skip
+    return removed
 
 
 def write_json(obj: Any, target: str | Path) -> None:

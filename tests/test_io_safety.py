@@ -46,3 +46,28 @@ def test_atomic_writes_respect_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / "s.json").stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_stale_temporary_files_of_a_killed_writer_are_removed(tmp_path):
+    """A writer killed mid-write leaves .<name>.<random>.tmp; old ones are cleaned, live ones
+    (young) and real files are kept; the price cache cleans its folder when opened."""
+    import os
+    import time
+
+    from mpo.data.cache import PriceCache
+    from mpo.io import remove_stale_temps
+
+    old = tmp_path / ".AAPL.parquet.x1y2.tmp"
+    young = tmp_path / ".MSFT.parquet.a3b4.tmp"
+    real = tmp_path / "AAPL.parquet"
+    for p in (old, young, real):
+        p.write_bytes(b"x")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    os.utime(real, (past, past))
+    assert remove_stale_temps(tmp_path) == [old]
+    assert young.exists() and real.exists() and not old.exists()
+    os.utime(young, (past, past))
+    PriceCache(tmp_path)
+    assert not young.exists() and real.exists()
+    assert remove_stale_temps(tmp_path / "missing") == []

@@ -67,6 +67,9 @@ class PriceCache:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
+        from mpo.io import remove_stale_temps
+
+        remove_stale_temps(self.directory)  # a download killed mid-write left one
 
     def path(self, ticker: str) -> Path:
         """File of ``ticker`` (percent-encoded, so ``^GSPC`` or ``BRK/B`` are safe names)."""
