@@ -8,8 +8,13 @@ cvxpy's parametrised compile (one compile, cheap re-solves), ``nodpp`` a
 fresh canonicalisation each period (``ignore_dpp=True``); ``auto`` is what
 mpo chooses (:data:`mpo.policies.optimization.IGNORE_DPP_FROM`).
 
-Usage: ``python benchmarks/scale.py [--sizes 20 100 500] [--periods 5] [--out PATH]``;
-prints a table and writes JSON (default ``benchmarks/results/scale.json``).
+``--train-sizes`` adds one full DMPO training epoch per size (``--train-days``
+decision dates, batch 64, LSTM hidden 32, low-rank-plus-diagonal risk of rank
+3, H=1, hard turnover limit): seconds and peak memory.
+
+Usage: ``python benchmarks/scale.py [--sizes 20 100 500] [--periods 5]
+[--train-sizes 20 100 500] [--out PATH]``; prints a table and writes JSON
+(default ``benchmarks/results/scale.json``).
 """
 
 from __future__ import annotations
@@ -104,15 +109,61 @@ def child(kind: str, n: int, path: str, periods: int) -> dict:
     }  # fmt: skip
 
 
+def train_child(n: int, days: int) -> dict:
+    """Seconds of one full training epoch at ``n`` assets (run in its own process)."""
+    import torch
+
+    from mpo.data.synthetic import make_synthetic
+    from mpo.learn.config import TrainSpec
+    from mpo.learn.dataset import make_dataset
+    from mpo.learn.train import build_dmpo_model, dmpo_batch_loss
+
+    torch.set_num_threads(1)
+    market = make_synthetic(n_assets=n, n_periods=days + 40, seed=0, predictability=0.5)
+    spec = TrainSpec().with_updates(
+        features={"window": 20},
+        encoder={"hidden": 32, "rank": 3, "mu_scale": 1e-2},
+        qp={"horizon": 1, "delta": 0.2, "w_max": 1.0},
+        costs={"half_spread": 1e-3, "impact": 0.0},
+        train={"remedy": "none", "batch_size": 64},
+    )
+    ds = make_dataset(market, spec.feature_spec(), spec.cost_model().estimates)
+    model = build_dmpo_model(spec.encoder_config(n), spec.qp_options(), seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    step = dmpo_batch_loss(model, ds, spec)
+    gen = torch.Generator().manual_seed(0)
+    pos = ds.positions[torch.randperm(len(ds.positions), generator=gen).numpy()]
+    tic = time.perf_counter()
+    batches = 0
+    for b in range(0, len(pos), 64):
+        opt.zero_grad()
+        loss, _ = step(pos[b : b + 64], 0, gen)
+        loss.backward()
+        opt.step()
+        batches += 1
+    return {
+        "kind": "train_epoch", "n": n, "samples": len(pos), "batches": batches,
+        "seconds_per_epoch": time.perf_counter() - tic,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 100, 500])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[20, 100, 500])
     parser.add_argument("--periods", type=int, default=5)
     parser.add_argument("--kinds", nargs="+", default=["spo", "mpo", "dmpo_mpo"])
     parser.add_argument("--paths", nargs="+", default=["auto", "dpp", "nodpp"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument("--train-sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--train-days", type=int, default=1000)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.train_child:
+        print(json.dumps(train_child(*args.train_child)))
+        return
     if args.child:
         kind, n, path, periods = args.child
         print(json.dumps(child(kind, int(n), path, int(periods))))
@@ -135,6 +186,21 @@ def main() -> None:
                        if "error" not in row else f"failed {row['error']}"),
                     flush=True,
                 )  # fmt: skip
+    for n in args.train_sizes:
+        cmd = [sys.executable, __file__, "--train-child", str(n), str(args.train_days)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if out.returncode != 0:
+            row = {"kind": "train_epoch", "n": n, "error": out.stderr.strip().splitlines()[-1:]}
+        else:
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(
+            f"train epoch n={n:<4}: "
+            + (f"{row['seconds_per_epoch']:.1f} s ({row['samples']} samples, "
+               f"{row['parameters']} parameters), peak {row['peak_mb']:.0f} MB"
+               if "error" not in row else f"failed {row['error']}"),
+            flush=True,
+        )  # fmt: skip
     from mpo.io import package_versions, write_json
 
     write_json({"rows": rows, "periods": args.periods, "lookback": LOOKBACK,
