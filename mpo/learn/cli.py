@@ -237,7 +237,7 @@ def run_experiment(
     }
     if search is not None:
         results["trials"] = search.record
-    save_curves(histories, run_dir / "curves.png")
+    save_curves(histories, run_dir / "curves.png", metrics=metrics)
     clean_leftovers(run_dir)
     write_json(results, run_dir / "results.json")  # last: marks the run finished
     return results
@@ -410,6 +410,14 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(code=130) from None
         except MpoError as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+        except OSError as exc:  # a read-only or missing --run-dir, no permission
+            typer.secho(
+                f"error: {exc.strerror or exc} ({exc.filename or run_dir}); check the path, its "
+                "permissions and the free disk space.",
+                fg=typer.colors.RED,
+                err=True,
+            )
             raise typer.Exit(code=2) from None
         sp = results["splits"]
         typer.echo(

@@ -69,6 +69,12 @@ class FeaturesSection(_Strict):
     momentum_lookback: PositiveInt = 21
     volume_span: Annotated[float, Field(ge=1)] = 10.0
     return_scale: Positive = 100.0
+    # windows of the risk features (None: FeatureSpec's defaults 63, 63, 0.95, 21; None
+    # rather than the number keeps the spec of runs made before these fields resumable)
+    drawdown_window: PositiveInt | None = None
+    var_window: PositiveInt | None = None
+    var_level: Annotated[float, Field(gt=0, lt=1)] | None = None
+    downside_window: PositiveInt | None = None
 
 
 class SplitSection(_Strict):
@@ -225,6 +231,11 @@ class TrainSpec(_Strict):
             momentum_lookback=f.momentum_lookback,
             volume_span=f.volume_span,
             return_scale=f.return_scale,
+            **{
+                k: getattr(f, k)
+                for k in ("drawdown_window", "var_window", "var_level", "downside_window")
+                if getattr(f, k) is not None
+            },
         )
 
     def encoder_config(self, n_assets: int) -> EncoderConfig:

@@ -122,3 +122,35 @@ def test_a_cost_term_without_training_formula_is_a_named_spec_error(tmp_path):
     result = runner.invoke(_app(), ["train", str(spec), "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "costs" in result.output and "'holding' has no training formula" in result.output
+
+
+def test_an_os_error_is_one_message(tmp_path, monkeypatch):
+    """A read-only or unwritable --run-dir is `error: ...` with exit code 2, no traceback."""
+    import mpo.learn.cli as cli
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "dmpo.pt"))
+
+    monkeypatch.setattr(cli, "run_experiment", denied)
+    spec = tmp_path / "tiny.toml"
+    spec.write_text(SPEC)
+    result = runner.invoke(_app(), ["train", str(spec), "--run-dir", str(tmp_path / "ro")])
+    assert result.exit_code == 2, result.output
+    assert "error: Permission denied" in result.output and "dmpo.pt" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_risk_feature_windows_come_from_the_spec(tmp_path):
+    spec = tmp_path / "risk.toml"
+    spec.write_text(
+        SPEC.replace(
+            "[features]\nwindow = 5",
+            '[features]\nwindow = 5\nfeatures = ["returns", "drawdown", "cvar"]\n'
+            "drawdown_window = 30\nvar_level = 0.9",
+        )
+    )
+    fs = load_train_spec(spec).feature_spec()
+    assert fs.features == ("returns", "drawdown", "cvar")
+    assert fs.drawdown_window == 30 and fs.var_level == 0.9
+    assert fs.var_window == 63 and fs.downside_window == 21  # FeatureSpec's defaults
+    assert load_train_spec(spec).model_dump()["features"]["downside_window"] is None
