@@ -71,7 +71,7 @@ def _train_spec(horizon: int) -> TrainSpec:
         features=FEATURES,
         encoder=ENCODER,
         qp={"horizon": horizon, "risk_aversion": 1.0, "delta": 0.2, "w_max": 0.25},
-        costs={"half_spread": 1e-3, "impact": 0.0},  # policies/dmpo.toml's: QP gamma 1e-3
+        costs={"half_spread": 1e-3, "impact": 0.0},  # a QP gamma of 1e-3 (timing only)
     )
 
 
