@@ -68,17 +68,20 @@ def test_cost_chart_stacks_every_cost_term(run_with_fee):
         "spread_cost",
         "impact_cost",
         "holding_cost",
+        "fixed_cost",
         "fixed_fee_cost",
     ]
     fig = costs_figure(table)
     try:
         ax = fig.axes[1]
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert labels == ["spread", "impact", "holding", "fixed_fee"]
+        assert labels == ["spread", "impact", "holding", "fixed", "fixed_fee"]
         bars = ax.containers
         assert [b.get_label() for b in bars] == labels
         tops = np.array([p.get_y() + p.get_height() for p in bars[-1].patches])
-        expected = table[["spread_cost", "impact_cost", "holding_cost", "fixed_fee_cost"]]
+        expected = table[
+            ["spread_cost", "impact_cost", "holding_cost", "fixed_cost", "fixed_fee_cost"]
+        ]
         np.testing.assert_allclose(tops, expected.sum(axis=1).to_numpy(), rtol=1e-12)
     finally:
         plt.close(fig)
@@ -89,7 +92,7 @@ def test_report_shows_a_new_cost_term_in_table_and_chart(run_with_fee, tmp_path)
     assert "<th>fixed_fee/yr</th>" in text and "<th>spread/yr</th>" in text
     caption = re.search(r'<figure id="fig-costs"><figcaption>([^<]*)</figcaption>', text)
     assert caption, text[-3000:]
-    assert "spread, impact, holding, fixed_fee" in caption.group(1)
+    assert "spread, impact, holding, fixed, fixed_fee" in caption.group(1)
 
 
 def _chromium() -> str | None:
