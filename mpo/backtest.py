@@ -399,6 +399,8 @@ def simulate(
                 "below (check leverage, shorting limits and the data for price spikes)."
             ) from None
         except (cvx.errors.PortfolioOptimizationError, cp.error.SolverError) as exc:
+            if "fallback_solver" in str(exc):  # the solver chain's own message, with its advice
+                raise SolverError(f"policy {name!r} at {at()}: {exc}") from None
             raise SolverError(
                 f"policy {name!r} at {at()}: the solver failed ({type(exc).__name__}: "
                 f"{exc}). Try another [backtest] solver or a [backtest] fallback_solver list, "

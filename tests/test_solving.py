@@ -202,3 +202,18 @@ def test_the_compile_path_follows_assets_times_horizon(make_spec, n, horizon, op
     assert policy.cvxpy_kwargs.get("ignore_dpp") is expected
     if not options:
         assert (n * horizon >= IGNORE_DPP_FROM) == (expected is True)
+
+
+def test_a_failed_tuning_trial_is_logged_in_one_line_without_a_traceback():
+    import logging
+
+    import mpo.tuning.workers  # noqa: F401  (installs the filter)
+    from mpo.tuning.trial import TrialFailure
+
+    record = logging.LogRecord(
+        "optuna.study._optimize", logging.WARNING, __file__, 1, "Trial %d failed.", (3,),
+        (TrialFailure, TrialFailure("solver failure: policy 'mpo' at 2016-04-08"), None),
+    )  # fmt: skip
+    assert logging.getLogger("optuna.study._optimize").filter(record)
+    assert record.exc_info is None
+    assert record.getMessage() == "Trial 3 failed."

@@ -116,6 +116,22 @@ def work(job: TuningJob, worker: int) -> None:
         raise SystemExit(2) from None
 
 
+class _FailureWithoutTraceback(logging.Filter):
+    """Optuna logs a failed trial with its traceback; a :class:`TrialFailure` (a named solver
+    failure, an infeasible policy) is one line: optuna's message names it, no stack."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, TrialFailure):  # optuna's message already holds repr(exc)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_OPTUNA_TRIALS = logging.getLogger("optuna.study._optimize")
+if not any(isinstance(f, _FailureWithoutTraceback) for f in _OPTUNA_TRIALS.filters):
+    _OPTUNA_TRIALS.addFilter(_FailureWithoutTraceback())
+
+
 def _optimize(study: optuna.Study, job: TuningJob, callbacks: list) -> None:
     """``study.optimize`` with TrialRunner; a failed journal write is raised as itself.
 
