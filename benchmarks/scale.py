@@ -9,12 +9,14 @@ fresh canonicalisation each period (``ignore_dpp=True``); ``auto`` is what
 mpo chooses (:data:`mpo.policies.optimization.IGNORE_DPP_FROM`).
 
 ``--train-sizes`` adds one full DMPO training epoch per size (``--train-days``
-decision dates, batch 64, LSTM hidden 32, low-rank-plus-diagonal risk of rank
-3, H=1, hard turnover limit): seconds and peak memory.
+decision dates, batch 64, encoder hidden 32, low-rank-plus-diagonal risk of rank
+3, H=1, hard turnover limit): seconds and peak memory. ``--train-encoder`` picks the
+encoder kind of those epochs (default ``lstm``; ``cross_asset``: a shared per-asset GRU
+with cross-asset attention, 2 heads, parameters independent of ``n``).
 
 Usage: ``python benchmarks/scale.py [--sizes 20 100 500] [--periods 5]
-[--train-sizes 20 100 500] [--out PATH]``; prints a table and writes JSON
-(default ``benchmarks/results/scale.json``).
+[--train-sizes 20 100 500] [--train-encoder cross_asset] [--out PATH]``; prints a
+table and writes JSON (default ``benchmarks/results/scale.json``).
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def child(kind: str, n: int, path: str, periods: int) -> dict:
     }  # fmt: skip
 
 
-def train_child(n: int, days: int) -> dict:
+def train_child(n: int, days: int, encoder: str = "lstm") -> dict:
     """Seconds of one full training epoch at ``n`` assets (run in its own process)."""
     import torch
 
@@ -122,7 +124,7 @@ def train_child(n: int, days: int) -> dict:
     market = make_synthetic(n_assets=n, n_periods=days + 40, seed=0, predictability=0.5)
     spec = TrainSpec().with_updates(
         features={"window": 20},
-        encoder={"hidden": 32, "rank": 3, "mu_scale": 1e-2},
+        encoder={"kind": encoder, "hidden": 32, "rank": 3, "mu_scale": 1e-2},
         qp={"horizon": 1, "delta": 0.2, "w_max": 1.0},
         costs={"half_spread": 1e-3, "impact": 0.0},
         train={"remedy": "none", "batch_size": 64},
@@ -142,7 +144,8 @@ def train_child(n: int, days: int) -> dict:
         opt.step()
         batches += 1
     return {
-        "kind": "train_epoch", "n": n, "samples": len(pos), "batches": batches,
+        "kind": "train_epoch", "encoder": encoder, "n": n, "samples": len(pos),
+        "batches": batches,
         "seconds_per_epoch": time.perf_counter() - tic,
         "parameters": sum(p.numel() for p in model.parameters()),
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -158,11 +161,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
     parser.add_argument("--train-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--train-days", type=int, default=1000)
+    parser.add_argument("--train-encoder", default="lstm", help="encoder kind of the epochs")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--train-child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--train-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_child:
-        print(json.dumps(train_child(*args.train_child)))
+        n, days, encoder = args.train_child
+        print(json.dumps(train_child(int(n), int(days), encoder)))
         return
     if args.child:
         kind, n, path, periods = args.child
@@ -187,15 +192,17 @@ def main() -> None:
                     flush=True,
                 )  # fmt: skip
     for n in args.train_sizes:
-        cmd = [sys.executable, __file__, "--train-child", str(n), str(args.train_days)]
+        enc = args.train_encoder
+        cmd = [sys.executable, __file__, "--train-child", str(n), str(args.train_days), enc]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         if out.returncode != 0:
-            row = {"kind": "train_epoch", "n": n, "error": out.stderr.strip().splitlines()[-1:]}
+            row = {"kind": "train_epoch", "encoder": enc, "n": n,
+                   "error": out.stderr.strip().splitlines()[-1:]}  # fmt: skip
         else:
             row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(
-            f"train epoch n={n:<4}: "
+            f"train epoch {enc} n={n:<4}: "
             + (f"{row['seconds_per_epoch']:.1f} s ({row['samples']} samples, "
                f"{row['parameters']} parameters), peak {row['peak_mb']:.0f} MB"
                if "error" not in row else f"failed {row['error']}"),

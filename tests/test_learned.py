@@ -298,3 +298,81 @@ def test_dmpo_mpo_passes_a_low_rank_sigma_as_a_factor_model(market, checkpoint, 
     out = views.at(t, past, market.volumes.loc[market.volumes.index < t])
     F, d = out["F"].to_numpy(), out["d"].to_numpy()
     np.testing.assert_allclose(F.T @ F + np.diag(d), out["Sigma"].to_numpy(), atol=1e-14)
+
+
+# ---------------------------------------------------------------- other universes (issue 17)
+def _write_kind(path, tickers, kind, qp=None):
+    """A checkpoint of encoder ``kind`` trained (here: initialised) on ``tickers``."""
+    qp = dict(QP if qp is None else qp)
+    enc = replace(_encoder(len(tickers)), kind=kind)
+    model = build_dmpo_model(enc, qp, 0)
+    ckpt = Checkpoint(
+        kind="dmpo", state_dict=model.state_dict(), encoder_config=enc.to_dict(),
+        feature_config=FEATURES.to_dict(), qp_config=qp, tickers=list(tickers),
+        train_window=["2017-01-03", "2017-05-31"], fingerprint="test", seed=0,
+    )  # fmt: skip
+    return save_checkpoint(ckpt, path)
+
+
+@pytest.fixture(scope="module")
+def moved_universe(market):
+    """Checkpoint tickers: the market's without its first ticker, plus one it lacks."""
+    return [*market.tickers[1:], "ZZZ"]
+
+
+def test_a_cross_asset_checkpoint_applies_to_a_changed_universe(market, moved_universe, tmp_path):
+    path = _write_kind(tmp_path / "cross.pt", moved_universe, "cross_asset")
+    views = LearnedViews(path)
+    views.check_universe(list(market.tickers))
+    assert views.tickers == list(market.tickers)
+    assert views.model.encoder_config.n_assets == views.model.qp_spec.n == len(market.tickers)
+    # the views are the trained weights applied to the new universe's window
+    t = market.calendar[150]
+    past = market.returns_with_cash().loc[market.calendar < t]
+    vols = market.dollar_volumes.loc[past.index]
+    mu = LearnedReturnsForecast(views).values_in_time(t, past, vols, mpo_step=1)
+    enc = build_dmpo_model(replace(_encoder(len(moved_universe)), kind="cross_asset"), QP, 0)
+    X = window_at(t, past.iloc[:, :-1], vols, FEATURES)
+    with torch.no_grad():
+        expected = enc.views(torch.as_tensor(X)[None]).mu[0, 1].numpy()
+    assert list(mu.index) == list(market.tickers)
+    np.testing.assert_allclose(mu.to_numpy(), expected, rtol=1e-12, atol=1e-15)
+    views.check_universe(moved_universe[::-1])  # back to the checkpoint's own tickers
+    assert views.tickers == moved_universe and views.model.qp_spec.n == len(moved_universe)
+
+
+@pytest.mark.parametrize("kind", ["dmpo_mpo", "dmpo_qp"])
+def test_learned_policies_run_a_cross_asset_checkpoint_on_a_changed_universe(
+    market, moved_universe, tmp_path, kind
+):
+    path = _write_kind(tmp_path / "cross.pt", moved_universe, "cross_asset")
+    run = run_backtests([_spec(kind, path)], market, start=START, end="2017-07-14",
+                        include_hold=False, progress=False)  # fmt: skip
+    w = run.results[kind].weights[market.tickers]
+    assert len(w) > 20 and w.min().min() >= -1e-6 and run.results[kind].turnover.sum() > 0
+    if kind == "dmpo_qp":
+        assert w.max().max() <= QP["w_max"] + 1e-8
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-8)
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "transformer"])
+def test_other_encoders_keep_the_same_universe_rule(market, moved_universe, tmp_path, encoder):
+    path = _write_kind(tmp_path / f"{encoder}.pt", moved_universe, encoder)
+    views = LearnedViews(path)
+    match = (
+        rf"trained on another universe: only in the checkpoint \['ZZZ'\], only in the data "
+        rf"\['{market.tickers[0]}'\].*kind = 'cross_asset'"
+    )
+    with pytest.raises(CheckpointError, match=match):
+        views.check_universe(list(market.tickers))
+    views.check_universe(moved_universe[::-1])  # its own tickers, in any order
+    assert views.tickers == moved_universe
+
+
+def test_a_cross_asset_checkpoint_needs_a_feasible_universe(market, moved_universe, tmp_path):
+    path = _write_kind(tmp_path / "cross.pt", moved_universe, "cross_asset")  # w_max 0.4
+    views = LearnedViews(path)
+    with pytest.raises(CheckpointError, match=r"2 ticker\(s\).*w_max=0.4.*at least 3 tickers"):
+        views.check_universe(list(market.tickers[:2]))
+    views.check_universe(list(market.tickers[:3]))
+    assert views.model.qp_spec.n == 3 and views.tickers == list(market.tickers[:3])

@@ -11,8 +11,9 @@ step and by the forecast and risk objects through cvxportfolio's per-backtest
 :class:`LearnedReturnsForecast` and :class:`LearnedCovariance` are plain data
 objects (not ``Estimator`` subclasses), so cvxportfolio aligns their outputs to
 the universe by ticker and checks them for NaN; we also check them ourselves:
-outputs are indexed by the checkpoint's tickers (never by position), the
-universe must be the checkpoint's, and non-finite views raise a
+outputs are indexed by ticker (never by position), the universe must be the
+checkpoint's unless its encoder is universe-free (``cross_asset``; the rule is
+:meth:`LearnedViews.check_universe`'s), and non-finite views raise a
 :class:`~mpo.errors.DataError` naming the ticker and date.
 
 :class:`DMPOQPPolicy` is the trained decision itself: the QP layer's first-step
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from pathlib import Path
 
 import cvxportfolio as cvx
@@ -67,6 +69,38 @@ def _load(path: str, mtime_ns: int):
     return ckpt, model, FeatureSpec.from_dict(ckpt.feature_config)
 
 
+def _universe_free(model) -> bool:
+    """Whether the model's encoder class declares parameters independent of ``n``."""
+    from mpo.learn.encoders import encoder_class
+
+    return bool(getattr(encoder_class(model.encoder_config.kind), "universe_free", False))
+
+
+def _universe_free_kinds() -> list[str]:
+    """Registered encoder kinds whose checkpoints apply to other universes."""
+    from mpo.learn.encoders import ENCODERS
+
+    return [name for name, cls in ENCODERS.items() if getattr(cls, "universe_free", False)]
+
+
+@functools.lru_cache(maxsize=8)
+def _load_for(path: str, mtime_ns: int, n: int):
+    """The checkpoint's model rebuilt for ``n`` assets (same weights; universe-free encoders)."""
+    from dataclasses import replace
+
+    ckpt, base, _ = _load(path, mtime_ns)
+    model = type(base)(replace(base.encoder_config, n_assets=n), ckpt.qp_options())
+    try:
+        model.load_state_dict(base.state_dict())
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path!r}: its weights depend on the number of assets and cannot be "
+            f"applied to {n} ({exc})."
+        ) from None
+    model.eval()
+    return model
+
+
 class LearnedViews:
     """A trained encoder applied to past data, once per decision time.
 
@@ -84,7 +118,9 @@ class LearnedViews:
                 "policies/dmpo.toml` and point [learned] checkpoint at its dmpo.pt."
             )
         self.path = str(path.resolve())
-        self.ckpt, self.model, self.features = _load(self.path, path.stat().st_mtime_ns)
+        self._mtime_ns = path.stat().st_mtime_ns
+        self.ckpt, self.model, self.features = _load(self.path, self._mtime_ns)
+        #: the universe the model is applied to (the checkpoint's until check_universe)
         self.tickers = list(self.ckpt.tickers)
         self._index = pd.Index(self.tickers)  # built once: frames by ticker every period
         self.kind = self.ckpt.kind
@@ -106,15 +142,53 @@ class LearnedViews:
         return self.features.warmup + self.features.window
 
     def check_universe(self, universe: list[str]) -> None:
-        """:class:`CheckpointError` unless ``universe`` is the checkpoint's (any order)."""
-        if sorted(universe) != sorted(self.tickers):
-            only_ckpt = [t for t in self.tickers if t not in universe]
-            only_now = [t for t in universe if t not in self.tickers]
+        """Apply the model to ``universe``, or raise :class:`CheckpointError`.
+
+        The rule: the checkpoint's own tickers (any order) are always accepted. Another
+        universe (tickers removed, added or both) is accepted only when the encoder's
+        parameters do not depend on the number of assets (its class sets
+        ``universe_free = True``: ``cross_asset``) and the QP stays feasible
+        (``n * w_max >= 1``); the model is then rebuilt for ``n`` assets with the same
+        weights, and :attr:`tickers` becomes ``universe``. Every other encoder
+        (``lstm``, ``transformer``: heads sized by ``n``, asset embeddings) is refused.
+        """
+        if sorted(universe) == sorted(self.tickers):
+            return
+        trained = list(self.ckpt.tickers)
+        if sorted(universe) != sorted(trained) and not _universe_free(self.model):
+            only_ckpt = [t for t in trained if t not in universe]
+            only_now = [t for t in universe if t not in trained]
             raise CheckpointError(
                 f"checkpoint {self.path!r} was trained on another universe: only in the "
                 f"checkpoint {only_ckpt}, only in the data {only_now}. Train on this universe "
-                "(mpo train ... --data ...) or select the checkpoint's tickers."
+                "(mpo train ... --data ...), select the checkpoint's tickers, or train an "
+                "encoder whose checkpoints apply to other universes ([encoder] kind = "
+                f"{' or '.join(repr(k) for k in _universe_free_kinds())})."
             )
+        self._apply_to(list(universe), trained)
+
+    def _apply_to(self, universe: list[str], trained: list[str]) -> None:
+        n = len(universe)
+        if sorted(universe) == sorted(trained):
+            self.model = _load(self.path, self._mtime_ns)[1]
+            self.tickers = trained
+        else:
+            w_max = self.ckpt.qp_options().w_max
+            need = 1 if w_max is None else max(1, math.ceil(1.0 / w_max - 1e-9))
+            if n < need:
+                raise CheckpointError(
+                    f"checkpoint {self.path!r} cannot be applied to {n} ticker(s): its QP is "
+                    f"fully invested with every weight capped at {w_max=}, which needs at least "
+                    f"{need} tickers."
+                )
+            self.model = _load_for(self.path, self._mtime_ns, n)
+            self.tickers = universe
+            logger.info(
+                "checkpoint %s (trained on %d tickers) applied to %d: removed %s, added %s",
+                self.path, len(trained), n, [t for t in trained if t not in universe],
+                [t for t in universe if t not in trained],
+            )  # fmt: skip
+        self._index = pd.Index(self.tickers)
 
     def check_horizon(self, horizon: int, who: str) -> None:
         if horizon > self.horizon:

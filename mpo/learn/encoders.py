@@ -332,3 +332,6 @@ def build_encoder(cfg: EncoderConfig) -> nn.Module:
 def expected_param_count(cfg: EncoderConfig) -> int:
     """Parameter count from the encoder's closed formula (its ``param_count``)."""
     return encoder_class(cfg.kind).param_count(cfg)
+
+
+from mpo.learn import encoders_cross as _cross  # noqa: E402,F401
