@@ -149,3 +149,28 @@ def test_train_dmpo_runs_with_the_cross_asset_encoder():
     trained = train_dmpo(spec, ds, train, val, progress=False)
     assert trained.model.encoder_config.kind == "cross_asset"
     assert len(trained.fit.history) == 1 and np.isfinite(trained.fit.history[0]["loss"])
+
+
+@pytest.mark.slow
+def test_mpo_train_writes_a_checkpoint_that_applies_to_a_changed_universe(tmp_path):
+    from test_train_cli import SPEC, _app, runner
+
+    from mpo.forecast.learned import LearnedViews
+
+    spec = tmp_path / "cross.toml"
+    spec.write_text(SPEC.replace("[encoder]\n", '[encoder]\nkind = "cross_asset"\n'))
+    result = runner.invoke(
+        _app(), ["train", str(spec), "--out", str(tmp_path / "runs"), "--no-progress"],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    views = LearnedViews(run_dir / "dmpo.pt")
+    assert views.model.encoder_config.kind == "cross_asset"
+    market = tiny_market(n_assets=7, n_periods=360, predictability=0.5)
+    universe = [t for t in market.tickers if t != "S00"]  # S00 removed, S05 and S06 added
+    views.check_universe(universe)
+    t = market.calendar[200]
+    past = market.returns_with_cash().loc[market.calendar < t][[*universe, market.cash_key]]
+    out = views.at(t, past, market.dollar_volumes.loc[past.index, universe])
+    assert list(out["mu"].columns) == universe and np.isfinite(out["Sigma"].to_numpy()).all()
