@@ -109,6 +109,14 @@ class EncoderSection(_Strict):
     mu_scale: Positive = 1e-3
     l_scale: Positive = 1e-2
     diag_scale: Positive = 1e-4
+    # the optional heads of mpo.learn.heads (None: off; None rather than 0 / false keeps
+    # the spec of runs made before these fields resumable)
+    regimes: Annotated[int, Field(ge=0, le=16)] | None = Field(
+        default=None, description="K: a regime head mixing K mu heads (0 or None: off)."
+    )
+    asset_risk: bool | None = Field(
+        default=None, description="A per-asset volatility scaling of Sigma_hat."
+    )
 
 
 class QPSection(_Strict):
@@ -197,6 +205,10 @@ class TrainSection(_Strict):
     max_batches: PositiveInt | None = Field(
         default=None, description="Cap on batches per epoch (sampled without replacement)."
     )
+    regime_loss: NonNeg | None = Field(
+        default=None,
+        description="Weight of the regime cross-entropy (needs [encoder] regimes and labels).",
+    )
 
 
 class BaselinesSection(_Strict):
@@ -220,6 +232,15 @@ class TrainSpec(_Strict):
     costs: CostsSection = CostsSection()
     train: TrainSection = TrainSection()
     baselines: BaselinesSection = BaselinesSection()
+
+    @model_validator(mode="after")
+    def _regime_loss_needs_a_head(self) -> TrainSpec:
+        if self.train.regime_loss and not self.encoder.regimes:
+            raise ValueError(
+                f"train.regime_loss = {self.train.regime_loss} needs a regime head: set "
+                "encoder.regimes >= 1 (or drop regime_loss)."
+            )
+        return self
 
     def feature_spec(self) -> FeatureSpec:
         f = self.features
@@ -255,6 +276,8 @@ class TrainSpec(_Strict):
             mu_scale=e.mu_scale,
             l_scale=e.l_scale,
             diag_scale=e.diag_scale,
+            regimes=e.regimes or 0,
+            asset_risk=bool(e.asset_risk),
         )
 
     def cost_model(self) -> CostModel:

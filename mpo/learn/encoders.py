@@ -7,7 +7,13 @@ return one :class:`Views`:
 * ``L``: ``(B, n, k)``, a risk factor shared by the steps (``k = n`` for ``"full"``),
 * ``d``: ``(B, n)`` positive diagonal (``factor="lowrank_diag"`` only),
 
-so that ``Sigma_hat = L L' (+ diag(d)) + eps I`` (``eps`` is the QP's ridge).
+so that ``Sigma_hat = L L' (+ diag(d)) + eps I`` (``eps`` is the QP's ridge), and, when
+the optional heads of :mod:`mpo.learn.heads` are on,
+
+* ``regime``: ``(B, K)`` regime probabilities (``regimes = K``; ``mu`` is their mixture
+  of ``K`` mu heads),
+* ``asset_scale``: ``(B, n)`` per-asset volatility scales ``s`` (``asset_risk``), already
+  folded into ``L`` and ``d``: ``Sigma_hat = S (L0 L0' + diag(d0)) S + eps I``.
 
 ``LSTMEncoder`` (seed paper): ``h_t = LSTM(X_t)`` over time with the ``n * F`` features
 of a date as one input vector; ``mu_hat = Linear(h_T)`` for each of the ``H`` steps,
@@ -16,6 +22,7 @@ of a date as one input vector; ``mu_hat = Linear(h_T)`` for each of the ``H`` st
 
     4 h (I + h + 2) + (l - 1) 4 h (2 h + 2)        LSTM
     + (h + 1) (H n) + (h + 1) (n k) [+ (h + 1) n]  heads (mu, L [, d])
+    [+ regime and risk heads: mpo.learn.heads.extra_param_count]
 
 ``TransformerEncoder`` (seed 001): per asset a token ``Linear(F, e)`` per date plus a
 learned temporal encoding ``(T, e)`` and an asset embedding ``(n, e)``; ``layers``
@@ -26,7 +33,7 @@ cross-asset attention; per-asset heads ``Linear(e, H)``, ``Linear(e, k)`` and
 (norms) ``= 8 e^2 + 11 e`` parameters, so in all::
 
     (F + 1) e + T e + n e + (layers + 1)(8 e^2 + 11 e)
-    + (e + 1) H + (e + 1) k [+ (e + 1)]
+    + (e + 1) H + (e + 1) k [+ (e + 1)] [+ regime and risk heads]
 
 :func:`expected_param_count` evaluates these formulas (tested against ``numel``).
 
@@ -52,6 +59,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mpo.errors import SpecError
+from mpo.learn import heads as _heads
 from mpo.registry import Registry, RegistryError
 
 __all__ = [
@@ -83,21 +91,30 @@ class Views:
         ``(B, n, k)`` risk factor, shared by all steps.
     d : torch.Tensor or None
         ``(B, n)`` positive diagonal risk, or ``None``.
+    regime : torch.Tensor or None
+        ``(B, K)`` regime probabilities (rows sum to 1) of a regime head, or ``None``.
+    asset_scale : torch.Tensor or None
+        ``(B, n)`` per-asset volatility scales of a risk head (already applied to ``L``
+        and ``d``), or ``None``.
     """
 
     mu: torch.Tensor
     L: torch.Tensor
     d: torch.Tensor | None = None
+    regime: torch.Tensor | None = None
+    asset_scale: torch.Tensor | None = None
+
+    def _map(self, fn) -> Views:
+        return Views(*(None if x is None else fn(x) for x in (
+            self.mu, self.L, self.d, self.regime, self.asset_scale)))  # fmt: skip
 
     def to(self, dtype: torch.dtype) -> Views:
         """Cast every tensor (e.g. to float64 before the QP)."""
-        return Views(
-            self.mu.to(dtype), self.L.to(dtype), None if self.d is None else self.d.to(dtype)
-        )
+        return self._map(lambda x: x.to(dtype))
 
     def index(self, idx) -> Views:
         """Sub-batch ``idx`` (anything tensor indexing accepts)."""
-        return Views(self.mu[idx], self.L[idx], None if self.d is None else self.d[idx])
+        return self._map(lambda x: x[idx])
 
     def sigma(self, eps: float = 0.0) -> torch.Tensor:
         """``L L' (+ diag(d)) + eps I``, shape ``(B, n, n)``."""
@@ -131,6 +148,14 @@ class EncoderConfig:
     dropout : float
     mu_scale, l_scale, diag_scale : float
         Output scales of ``mu``, ``L`` (divided by ``sqrt(k)``) and ``d``.
+    regimes : int
+        ``K``: a regime head mixing ``K`` mu heads (:mod:`mpo.learn.heads`); 0 = off.
+    asset_risk : bool
+        A per-asset volatility scaling of ``Sigma_hat`` (:mod:`mpo.learn.heads`).
+
+    :meth:`to_dict` leaves out ``regimes`` and ``asset_risk`` while they are off, so the
+    configuration of a model without those heads is the dict it was before they existed
+    (and :meth:`from_dict` fills keys an older checkpoint lacks with these defaults).
     """
 
     kind: str = "lstm"
@@ -147,6 +172,8 @@ class EncoderConfig:
     mu_scale: float = 1e-3
     l_scale: float = 1e-2
     diag_scale: float = 1e-4
+    regimes: int = 0
+    asset_risk: bool = False
 
     def __post_init__(self) -> None:
         encoder = encoder_class(self.kind)
@@ -157,6 +184,10 @@ class EncoderConfig:
                 raise SpecError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not 0 <= self.dropout < 1:
             raise SpecError(f"dropout must be in [0, 1), got {self.dropout=}.")
+        if isinstance(self.regimes, bool) or not isinstance(self.regimes, int) or self.regimes < 0:
+            raise SpecError(f"regimes must be an integer >= 0 (0: off), got {self.regimes=}.")
+        if not isinstance(self.asset_risk, bool):
+            raise SpecError(f"asset_risk must be true or false, got {self.asset_risk=}.")
         check = getattr(encoder, "check_config", None)
         if check is not None:
             check(self)
@@ -167,11 +198,21 @@ class EncoderConfig:
         return self.n_assets if self.factor == "full" else self.rank
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain dict (stored in checkpoints); the optional heads' keys only when on."""
+        out = asdict(self)
+        for key, off in _OPTIONAL_OFF.items():
+            if out[key] == off:
+                del out[key]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> EncoderConfig:
+        """Inverse of :meth:`to_dict`; absent keys (older checkpoints) take their defaults."""
         return cls(**data)
+
+
+#: Fields of the optional heads and their "off" values (left out of ``to_dict``).
+_OPTIONAL_OFF = {"regimes": 0, "asset_risk": False}
 
 
 def encoder_class(kind: str) -> type[nn.Module]:
@@ -212,7 +253,9 @@ class Encoder(nn.Module):
 
 
 class ViewHeads(nn.Module):
-    """Linear heads from a representation to ``mu``, ``L`` (and ``d``), scaled per ``cfg``.
+    """Linear heads from a representation to ``mu``, ``L`` (and ``d``), scaled per ``cfg``;
+    with ``cfg.regimes`` / ``cfg.asset_risk`` also the regime mixture and the per-asset
+    risk scaling of :mod:`mpo.learn.heads` (their parameters: :meth:`param_count`).
 
     Parameters
     ----------
@@ -234,24 +277,51 @@ class ViewHeads(nn.Module):
         self.d = None
         if cfg.factor == "lowrank_diag":
             self.d = nn.Linear(width, 1 if per_asset else n)
+        # the optional heads draw from the RNG after the plain ones: same seed, same views
+        self.regime = self.asset_risk = None
+        if cfg.regimes:
+            self.mu = _heads.tile_linear(self.mu, cfg.regimes)
+            self.regime = _heads.RegimeHead(width, cfg.regimes)
+        if cfg.asset_risk:
+            self.asset_risk = _heads.AssetRiskHead(width, 1 if per_asset else n)
 
     def forward(self, z: torch.Tensor) -> Views:
         """``z``: ``(B, width)`` (pooled) or ``(B, n, width)`` (per asset)."""
         cfg = self.cfg
-        B, n, H, k = z.shape[0], cfg.n_assets, cfg.horizon, cfg.k
+        B, H, k = z.shape[0], cfg.horizon, cfg.k
+        n = z.shape[1] if self.per_asset else cfg.n_assets
+        K = max(cfg.regimes, 1)
         if self.per_asset:
-            mu = self.mu(z).transpose(1, 2)
+            mu = self.mu(z).reshape(B, n, K, H).permute(0, 2, 3, 1)
             L = self.L(z)
             d = None if self.d is None else self.d(z).squeeze(-1)
         else:
-            mu = self.mu(z).reshape(B, H, n)
+            mu = self.mu(z).reshape(B, K, H, n)
             L = self.L(z).reshape(B, n, k)
             d = None if self.d is None else self.d(z)
+        p = None
+        if self.regime is not None:
+            p = self.regime(_heads.pooled(z, self.per_asset))
+            mu = _heads.mix_regimes(p, mu)
+        else:
+            mu = mu[:, 0]
         mu = cfg.mu_scale * mu
         L = cfg.l_scale / math.sqrt(k) * L
         if d is not None:
             d = cfg.diag_scale * F.softplus(d)
-        return Views(mu, L, d)
+        s = None
+        if self.asset_risk is not None:
+            s = self.asset_risk(z)
+            L = s[..., None] * L
+            d = None if d is None else s * s * d
+        return Views(mu, L, d, p, s)
+
+    @staticmethod
+    def param_count(cfg: EncoderConfig, width: int, per_asset: bool) -> int:
+        """Parameters of ``ViewHeads(cfg, width, per_asset)`` (the optional heads included)."""
+        n, H, k = cfg.n_assets, cfg.horizon, cfg.k
+        outs = (H + k + (cfg.factor == "lowrank_diag")) * (1 if per_asset else n)
+        return (width + 1) * outs + _heads.extra_param_count(cfg, width, per_asset)
 
 
 @ENCODERS.register("lstm")
@@ -277,10 +347,9 @@ class LSTMEncoder(Encoder):
 
     @classmethod
     def param_count(cls, cfg: EncoderConfig) -> int:
-        n, Fe, H, k, h = cfg.n_assets, cfg.n_features, cfg.horizon, cfg.k, cfg.hidden
-        diag = (h + 1) * n if cfg.factor == "lowrank_diag" else 0
+        n, Fe, h = cfg.n_assets, cfg.n_features, cfg.hidden
         lstm = 4 * h * (n * Fe + h + 2) + (cfg.layers - 1) * 4 * h * (2 * h + 2)
-        return lstm + (h + 1) * (H * n) + (h + 1) * (n * k) + diag
+        return lstm + ViewHeads.param_count(cfg, h, per_asset=False)
 
 
 @ENCODERS.register("transformer")
@@ -318,9 +387,9 @@ class TransformerEncoder(Encoder):
 
     @classmethod
     def param_count(cls, cfg: EncoderConfig) -> int:
-        e, Fe, T, n, H, k = cfg.hidden, cfg.n_features, cfg.window, cfg.n_assets, cfg.horizon, cfg.k
+        e, Fe, T, n = cfg.hidden, cfg.n_features, cfg.window, cfg.n_assets
         blocks = (cfg.layers + 1) * (8 * e * e + 11 * e)
-        heads = (e + 1) * H + (e + 1) * k + ((e + 1) if cfg.factor == "lowrank_diag" else 0)
+        heads = ViewHeads.param_count(cfg, e, per_asset=True)
         return (Fe + 1) * e + T * e + n * e + blocks + heads
 
 

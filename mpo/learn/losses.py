@@ -15,16 +15,27 @@ The losses are the negative annualised Sharpe ratio of a batch's net returns (th
 convention of :func:`mpo.metrics.sharpe_ratio`), or the negative mean-variance utility
 ``-(mean - lambda/2 var)`` (seed 002). Every decision's feasibility (budget,
 long-only, cap, turnover) is measured by :func:`feasibility_violation`.
+
+A model with a regime head (:mod:`mpo.learn.heads`) may add an auxiliary term where
+regime labels exist (e.g. :attr:`mpo.data.SyntheticTruth.regimes`): ``[train]
+regime_loss = weight`` times the cross-entropy of the regime probabilities against the
+label of each decision's first planned period (:func:`with_regime_loss`)::
+
+    loss = -Sharpe(r_net) + weight * mean_b(-log p_b[label_b])
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import torch
 
 from mpo.costs import CostModel
+from mpo.errors import SpecError
 from mpo.learn.config import TrainSpec
 from mpo.learn.dataset import Outcomes
 
@@ -34,9 +45,12 @@ __all__ = [
     "TrainingCosts",
     "feasibility_violation",
     "net_returns",
+    "regime_cross_entropy",
+    "regime_labels",
     "sample_w_prev",
     "sharpe_loss",
     "utility_loss",
+    "with_regime_loss",
 ]
 
 #: Periods per year used to annualise (daily data).
@@ -162,3 +176,80 @@ def sample_w_prev(
         room = (w_max - 1.0 / n) / excess
         a = torch.minimum(a, room.min(-1, keepdim=True).values)
     return (1 - a) * ew + a * D
+
+
+def regime_cross_entropy(p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean ``-log p[label]`` of regime probabilities ``p`` ``(B, K)`` and labels ``(B,)``.
+
+    Labels ``< 0`` (unknown) are left out; a batch without a known label gives 0.
+    """
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    known = labels >= 0
+    if not bool(known.any()):
+        return p.new_zeros(())
+    logp = torch.log(p[known].clamp_min(1e-300))
+    return torch.nn.functional.nll_loss(logp, labels[known])
+
+
+def regime_labels(dates: pd.DatetimeIndex, regimes: pd.Series) -> torch.Tensor:
+    """Regime label ``(D,)`` of the period starting at each of ``dates`` (-1 where unknown).
+
+    ``regimes``: an integer regime per date (e.g. ``SyntheticTruth.regimes``). The label
+    of a decision at ``dates[t]`` is the regime its first planned period is drawn in: a
+    target, like the realised returns, never an input of the decision.
+    """
+    values = regimes.reindex(dates).to_numpy(dtype=float)
+    values = np.where(np.isfinite(values), values, -1).astype(np.int64)
+    return torch.as_tensor(values)
+
+
+BatchLossFn = Callable[[np.ndarray, int, torch.Generator], tuple[torch.Tensor, dict]]
+
+
+def with_regime_loss(
+    batch_loss: BatchLossFn,
+    model,
+    windows: Callable,
+    labels: torch.Tensor | None,
+    weight: float | None,
+) -> BatchLossFn:
+    """``batch_loss`` plus ``weight`` times :func:`regime_cross_entropy` of the batch.
+
+    ``weight`` ``None`` or 0 (``[train] regime_loss`` unset): ``batch_loss`` itself, so a
+    trainer may wrap every batch loss with its spec's weight.
+
+    Parameters
+    ----------
+    batch_loss : callable
+        A :data:`mpo.learn.fitting.BatchLoss` (e.g. :func:`mpo.learn.train.dmpo_batch_loss`).
+    model
+        The model being trained: ``model.views(X).regime`` must be its regime probabilities.
+    windows : callable
+        ``positions -> X`` (``WindowDataset.windows``).
+    labels : torch.Tensor or None
+        ``(D,)`` labels by dataset position (:func:`regime_labels`); ``None`` with a
+        weight raises :class:`~mpo.errors.SpecError` (no labels to learn from).
+    weight : float or None
+
+    The regime probabilities come from a second encoder pass over the batch's windows
+    (the encoder is cheap beside the QP; with dropout its mask differs from the first
+    pass). ``stats`` gain ``regime_ce`` (the unweighted cross-entropy).
+    """
+
+    if not weight:
+        return batch_loss
+    if labels is None:
+        raise SpecError(
+            f"[train] regime_loss = {weight} needs regime labels (e.g. the synthetic market's "
+            "planted regimes, SyntheticTruth.regimes); none were given."
+        )
+
+    def loss(pos: np.ndarray, epoch: int, gen: torch.Generator):
+        base, stats = batch_loss(pos, epoch, gen)
+        p = model.views(windows(pos)).regime
+        if p is None:
+            raise SpecError("[train] regime_loss needs a regime head: set [encoder] regimes >= 1.")
+        ce = regime_cross_entropy(p, labels[torch.as_tensor(np.asarray(pos), dtype=torch.long)])
+        return base + weight * ce, {**stats, "regime_ce": float(ce.detach())}
+
+    return loss
