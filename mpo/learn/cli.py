@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from mpo.errors import CheckpointError, MpoError
+from mpo.errors import CheckpointError, MpoError, SpecError
 from mpo.learn.reporting import format_results, save_curves
 
 __all__ = ["register", "run_experiment"]
@@ -157,6 +157,15 @@ def run_experiment(
     versions) DMPO starts from when it has no progress file.
     """
     from mpo.io import package_versions, write_json
+
+    if spec.train.regime_loss:
+        raise SpecError(
+            f"[train] regime_loss = {spec.train.regime_loss}: mpo train has no regime labels "
+            "to train the auxiliary loss on yet (only the Python API does: "
+            "mpo.learn.losses.with_regime_loss with SyntheticTruth.regimes). Remove "
+            "regime_loss; [encoder] regimes alone trains the regime head through the Sharpe "
+            "loss."
+        )
     from mpo.learn.baselines import (
         direct_decider,
         equal_weight_decider,

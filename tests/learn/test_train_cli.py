@@ -154,3 +154,15 @@ def test_risk_feature_windows_come_from_the_spec(tmp_path):
     assert fs.drawdown_window == 30 and fs.var_level == 0.9
     assert fs.var_window == 63 and fs.downside_window == 21  # FeatureSpec's defaults
     assert load_train_spec(spec).model_dump()["features"]["downside_window"] is None
+
+
+def test_regime_loss_is_refused_by_mpo_train_until_it_has_labels(tmp_path):
+    spec = tmp_path / "regime.toml"
+    spec.write_text(
+        SPEC.replace("[encoder]\nhidden = 8", "[encoder]\nhidden = 8\nregimes = 2").replace(
+            "[train]\nepochs = 2", "[train]\nepochs = 2\nregime_loss = 0.5"
+        )
+    )
+    result = runner.invoke(_app(), ["train", str(spec), "--run-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "regime_loss = 0.5: mpo train has no regime labels" in result.output
