@@ -34,6 +34,7 @@ from mpo.errors import DataError, InfeasibleError, SolverError, SpecError
 from mpo.io import package_versions, write_json, write_parquet
 from mpo.metrics import bootstrap_sharpe_ci, periods_per_year, summary
 from mpo.policies import UserPolicy, build_policy, cost_model, kind_of, required_history
+from mpo.policies.solving import SolverChainError
 
 __all__ = [
     "BacktestRun",
@@ -399,7 +400,7 @@ def simulate(
                 "below (check leverage, shorting limits and the data for price spikes)."
             ) from None
         except (cvx.errors.PortfolioOptimizationError, cp.error.SolverError) as exc:
-            if "fallback_solver" in str(exc):  # the solver chain's own message, with its advice
+            if isinstance(exc, SolverChainError):  # its message already holds the advice
                 raise SolverError(f"policy {name!r} at {at()}: {exc}") from None
             raise SolverError(
                 f"policy {name!r} at {at()}: the solver failed ({type(exc).__name__}: "

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import cvxportfolio as cvx
 import cvxpy as cp
 
-__all__ = ["ChainedOptimization", "SolveLog"]
+__all__ = ["ChainedOptimization", "SolveLog", "SolverChainError"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 ACCURATE = ("optimal",)
 #: Statuses that mean "a solution, but not to tolerance" (user_limit: stopped by max_iter).
 INACCURATE = ("optimal_inaccurate", "user_limit")
+
+
+class SolverChainError(cp.SolverError):
+    """No solver of the chain gave a usable solution; the message names each and the fix."""
 
 
 @dataclass
@@ -105,8 +109,10 @@ class _ChainedProblem:
             status = self._problem.status
             if status in INACCURATE:
                 errors.append(f"{solver}: status {status}")
-                if first_inaccurate is None:
-                    first_inaccurate = (solver, status, self._snapshot())
+                if first_inaccurate is None:  # kept unless a later solver does better; the
+                    # last attempt's values need no copy (nothing runs after it)
+                    last = i == len(attempts) - 1
+                    first_inaccurate = (solver, status, None if last else self._snapshot())
                 continue
             if status in ACCURATE and i > 0:
                 owner.solve_log.events.append((t, "fallback", solver, status))
@@ -116,18 +122,19 @@ class _ChainedProblem:
                 )  # fmt: skip
             return None  # accurate, or infeasible/unbounded: cvxportfolio raises for those
         if first_inaccurate is None:
-            raise cp.SolverError(
+            raise SolverChainError(
                 "every solver failed (" + "; ".join(errors) + "). Add or change "
                 "[backtest] fallback_solver (a list is tried in order), or loosen solver_options."
             )
         solver, status, snap = first_inaccurate
         if owner.inaccurate == "error":
-            raise cp.SolverError(
+            raise SolverChainError(
                 "no solver reached an accurate solution (" + "; ".join(errors) + "); "
                 "[backtest] inaccurate = 'error'. Raise max_iter in solver_options, add a "
                 "[backtest] fallback_solver, or set inaccurate = 'warn' to accept it."
             )
-        self._restore(snap)
+        if snap is not None:
+            self._restore(snap)
         owner.solve_log.events.append((t, "inaccurate", solver, status))
         logger.info(
             "policy %s at %s: using an inaccurate solution of %s (%s); it is counted in the "
