@@ -295,9 +295,14 @@ def test_dmpo_mpo_passes_a_low_rank_sigma_as_a_factor_model(market, checkpoint, 
     # and the factor model's quadratic form is Sigma_hat's
     t = market.calendar[market.calendar.get_loc(pd.Timestamp(START))]
     past = market.returns_with_cash().loc[market.calendar < t]
-    out = views.at(t, past, market.volumes.loc[market.volumes.index < t])
+    vols = market.volumes.loc[market.volumes.index < t]
+    out = views.at(t, past, vols)
     F, d = out["F"].to_numpy(), out["d"].to_numpy()
-    np.testing.assert_allclose(F.T @ F + np.diag(d), out["Sigma"].to_numpy(), atol=1e-14)
+    raw = out["views"]  # the encoder's own L_hat, d_hat: Sigma_hat = L L' + diag(d) + eps I
+    L, d_hat = raw.L[0].numpy(), raw.d[0].numpy()
+    sigma = L @ L.T + np.diag(d_hat) + views.eps * np.eye(len(d_hat))
+    np.testing.assert_allclose(F.T @ F + np.diag(d), sigma, atol=1e-14)
+    np.testing.assert_allclose(views.covariance_at(t, past, vols).to_numpy(), sigma, atol=1e-14)
 
 
 # ---------------------------------------------------------------- other universes (issue 17)

@@ -220,7 +220,7 @@ class LearnedViews:
             else:  # two-stage: MSE-trained mu_hat, Ledoit-Wolf risk of the past returns
                 views = Views(
                     self.model.mu(torch.as_tensor(X, dtype=torch.float64)[None]),
-                    torch.as_tensor(_ledoit_wolf_factor(assets, self.lw_lookback, t))[None],
+                    torch.as_tensor(ledoit_wolf_factor(assets, self.lw_lookback, t))[None],
                 )
         mu = views.mu[0].numpy()
         L = views.L[0].numpy()
@@ -234,13 +234,9 @@ class LearnedViews:
                     f"{self.tickers[i]!r} at {pd.Timestamp(t).date()}; the checkpoint or the "
                     "input data are corrupt."
                 )
-        sigma = L @ L.T + np.eye(len(self.tickers)) * self.eps
-        if d is not None:
-            sigma = sigma + np.diag(d)
         idio = np.full(len(self.tickers), self.eps) + (0.0 if d is None else d)
-        return {
+        return {  # the dense Sigma_hat only when asked (covariance_at): O(n^2) per period
             "mu": pd.DataFrame(mu, columns=self._index),
-            "Sigma": pd.DataFrame(sigma, index=self._index, columns=self._index),
             "F": pd.DataFrame(L.T, columns=self._index),  # k x n: factor rows, ticker columns
             "d": pd.Series(idio, index=self._index),
             "views": views,
@@ -258,8 +254,18 @@ class LearnedViews:
             cache[key] = (t, value)
         return value
 
+    def covariance_at(self, t, past_returns, past_volumes=None, cache=None) -> pd.DataFrame:
+        """Dense ``Sigma_hat = F' F + diag(d)`` at ``t`` by ticker (built once per ``t``)."""
+        out = self.at(t, past_returns, past_volumes, cache)
+        if "Sigma" not in out:
+            F, d = out["F"].to_numpy(), out["d"].to_numpy()
+            out["Sigma"] = pd.DataFrame(
+                F.T @ F + np.diag(d), index=self._index, columns=self._index
+            )
+        return out["Sigma"]
 
-def _ledoit_wolf_factor(assets: pd.DataFrame, lookback: int, t) -> np.ndarray:
+
+def ledoit_wolf_factor(assets: pd.DataFrame, lookback: int, t) -> np.ndarray:
     """Cholesky factor of the Ledoit-Wolf covariance of the last ``lookback`` past returns
     (as :func:`mpo.learn.baselines.ledoit_wolf_factors` in training)."""
     from sklearn.covariance import LedoitWolf
@@ -308,7 +314,7 @@ class LearnedCovariance:
         return self.views.history()
 
     def values_in_time(self, t, past_returns, past_volumes=None, cache=None, **kwargs):
-        return self.views.at(t, past_returns, past_volumes, cache)["Sigma"].copy()
+        return self.views.covariance_at(t, past_returns, past_volumes, cache).copy()
 
 
 class LearnedFactorRisk(cvx.costs.Cost):

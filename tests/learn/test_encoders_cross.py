@@ -172,5 +172,7 @@ def test_mpo_train_writes_a_checkpoint_that_applies_to_a_changed_universe(tmp_pa
     views.check_universe(universe)
     t = market.calendar[200]
     past = market.returns_with_cash().loc[market.calendar < t][[*universe, market.cash_key]]
-    out = views.at(t, past, market.dollar_volumes.loc[past.index, universe])
-    assert list(out["mu"].columns) == universe and np.isfinite(out["Sigma"].to_numpy()).all()
+    vols = market.dollar_volumes.loc[past.index, universe]
+    out = views.at(t, past, vols)
+    sigma = views.covariance_at(t, past, vols)
+    assert list(out["mu"].columns) == universe and np.isfinite(sigma.to_numpy()).all()
