@@ -199,8 +199,9 @@ class CostsSpec(_Strict):
     def market(self) -> dict:
         """This section without the policy-only term parameters: what every policy of a run
         must share (a fixed fee's ``deadband`` or ``amortize`` are each policy's choice)."""
-        out = {k: v for k, v in self.model_dump().items() if k not in self.terms()}
-        for name, params in self.terms().items():
+        terms = self.terms()
+        out = {k: v for k, v in self.model_dump().items() if k not in terms}
+        for name, params in terms.items():
             fields = type(params).model_fields
             out[name] = {
                 k: v

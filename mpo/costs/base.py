@@ -25,11 +25,10 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from cvxportfolio.costs import SimulatorCost
-from pydantic import BaseModel, ConfigDict, model_validator
 
 from mpo.costs.estimates import CostEstimates
 from mpo.registry import Registry
-from mpo.validation import refuse_bool_numbers
+from mpo.validation import StrictModel
 
 __all__ = [
     "COST_TERMS",
@@ -48,15 +47,9 @@ COST_TERMS: Registry[type[CostTerm]] = Registry(
 )
 
 
-class TermParams(BaseModel):
-    """Base of a term's parameters: strict (unknown keys are errors), finite and frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_bool_numbers(cls, data):
-        return refuse_bool_numbers(cls, data)
+class TermParams(StrictModel):
+    """Base of a term's parameters: strict (unknown keys are errors), finite and frozen (the
+    rules of every spec section, :class:`mpo.validation.StrictModel`)."""
 
 
 class CostTerm:

@@ -249,16 +249,13 @@ def _past(market: MarketData, t: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFra
 
 
 def _ledoit_wolf_factor(past_returns: pd.DataFrame, lookback: int, t) -> torch.Tensor:
-    from sklearn.covariance import LedoitWolf
+    """The backtest's two-stage risk factor (:func:`mpo.forecast.learned.ledoit_wolf_factor`)."""
+    from mpo.forecast.learned import ledoit_wolf_factor
 
-    window = past_returns.to_numpy(dtype=float)[-lookback:]
-    if len(window) < 10:
-        raise DataError(
-            f"the two-stage risk model at {pd.Timestamp(t).date()} needs >= 10 past returns, "
-            f"got {len(window)}; choose a later --date."
-        )
-    cov = LedoitWolf().fit(window).covariance_
-    return torch.tensor(np.linalg.cholesky(cov + 1e-12 * np.eye(cov.shape[0])), dtype=DTYPE)
+    try:
+        return torch.tensor(ledoit_wolf_factor(past_returns, lookback, t), dtype=DTYPE)
+    except DataError as exc:
+        raise DataError(f"{exc.args[0].rstrip('.')}; choose a later --date.") from None
 
 
 # ------------------------------------------------------------ forward functions
