@@ -12,7 +12,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small solves: threads cost
 import pandas as pd
 import typer
 
-from mpo.errors import MpoError
+from mpo.cli_errors import one_line_errors
 from mpo.report import format_table
 
 app = typer.Typer(
@@ -300,28 +300,8 @@ def _tune(
 
 def _guard(fn, *args) -> None:
     """Run a command: an input error is one message and exit code 2; a traceback only with -v."""
-    try:
+    with one_line_errors():
         fn(*args)
-    except MpoError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:
-        if logging.getLogger().isEnabledFor(logging.INFO):
-            raise
-        if isinstance(exc, OSError):  # disk full, read-only folder, missing permission
-            message = (
-                f"{exc.strerror or exc} ({exc.filename or 'no file name'}); check the path, its "
-                "permissions and the free disk space (-v shows the traceback)."
-            )
-        else:
-            message = (
-                f"{type(exc).__name__}: {exc}. This is not a known input error; run again with "
-                "-v for the traceback and report it."
-            )
-        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
 
 
 def _date(value: str | None, option: str) -> str | None:

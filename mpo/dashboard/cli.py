@@ -17,8 +17,8 @@ from typing import Annotated
 
 import typer
 
+from mpo.cli_errors import one_line_errors
 from mpo.dashboard.errors import DashboardError
-from mpo.errors import MpoError
 
 __all__ = ["APP", "DEFAULT_PORT", "register", "streamlit_command"]
 
@@ -94,11 +94,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Browse run folders in a browser: backtests, tuning, training, walk-forward."""
-        try:
+        with one_line_errors():
             cmd = streamlit_command(runs_dir, port=port, address=address, headless=headless)
-        except MpoError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
         typer.echo(f"mpo dashboard of {runs_dir} on http://{address}:{port} (Ctrl-C stops it)")
         logger.info("running %s", " ".join(cmd))
         proc = subprocess.Popen(cmd)

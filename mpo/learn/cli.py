@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from mpo.cli_errors import one_line_errors
 from mpo.errors import CheckpointError, MpoError, SpecError
 from mpo.learn.reporting import format_results, save_curves
 
@@ -387,47 +388,37 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(1)  # tiny batched solves: threads cost ~10x on 2 cores
 
         run_dir = None
-        try:
-            ts = load_train_spec(spec)
-            updates = {}
-            if epochs is not None:
-                updates["epochs"] = epochs
-            if seed is not None:
-                updates["seed"] = seed
-            if updates:
-                ts = ts.with_updates(train=updates)
-            market = load_training_market(ts, data, seed, adv)
-            d = market.describe()
-            typer.echo(
-                f"data: {d['name']}, {len(d['tickers'])} assets, {d['start']} to {d['end']} "
-                f"({d['periods']} periods), fingerprint {d['fingerprint']}"
-            )
-            typer.echo(market.volume_note)
-            run_dir, legacy = _choose_run_dir(ts, market, out, run_dir_opt, resume, force,
-                                              trials)  # fmt: skip
-            results = run_experiment(
-                ts, market, run_dir, progress=not no_progress, resume=legacy,
-                remedies=REMEDIES if compare_remedies else (), force=force, trials=trials,
-            )  # fmt: skip
-        except KeyboardInterrupt as exc:
-            typer.secho(
-                f"interrupted: every completed epoch is kept in {str(exc) or run_dir}; rerun "
-                f"the same command (or mpo train {spec} --run-dir {str(exc) or run_dir}) to "
-                "resume.",
-                err=True,
-            )
-            raise typer.Exit(code=130) from None
-        except MpoError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
-        except OSError as exc:  # a read-only or missing --run-dir, no permission
-            typer.secho(
-                f"error: {exc.strerror or exc} ({exc.filename or run_dir}); check the path, its "
-                "permissions and the free disk space.",
-                fg=typer.colors.RED,
-                err=True,
-            )
-            raise typer.Exit(code=2) from None
+        with one_line_errors():  # MpoError, OSError...: one line, exit code 2
+            try:
+                ts = load_train_spec(spec)
+                updates = {}
+                if epochs is not None:
+                    updates["epochs"] = epochs
+                if seed is not None:
+                    updates["seed"] = seed
+                if updates:
+                    ts = ts.with_updates(train=updates)
+                market = load_training_market(ts, data, seed, adv)
+                d = market.describe()
+                typer.echo(
+                    f"data: {d['name']}, {len(d['tickers'])} assets, {d['start']} to {d['end']} "
+                    f"({d['periods']} periods), fingerprint {d['fingerprint']}"
+                )
+                typer.echo(market.volume_note)
+                run_dir, legacy = _choose_run_dir(ts, market, out, run_dir_opt, resume, force,
+                                                  trials)  # fmt: skip
+                results = run_experiment(
+                    ts, market, run_dir, progress=not no_progress, resume=legacy,
+                    remedies=REMEDIES if compare_remedies else (), force=force, trials=trials,
+                )  # fmt: skip
+            except KeyboardInterrupt as exc:
+                typer.secho(
+                    f"interrupted: every completed epoch is kept in {str(exc) or run_dir}; rerun "
+                    f"the same command (or mpo train {spec} --run-dir {str(exc) or run_dir}) to "
+                    "resume.",
+                    err=True,
+                )
+                raise typer.Exit(code=130) from None
         sp = results["splits"]
         typer.echo(
             f"splits: train {sp['train']['start']}..{sp['train']['end']}, val "

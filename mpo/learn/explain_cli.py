@@ -22,7 +22,8 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from mpo.errors import CheckpointError, MpoError
+from mpo.cli_errors import one_line_errors
+from mpo.errors import CheckpointError
 
 __all__ = [
     "load_explain_market",
@@ -212,7 +213,7 @@ def register(app: typer.Typer) -> None:
         from mpo.errors import SpecError
         from mpo.validation import check_date
 
-        try:
+        with one_line_errors():
             for value in date or ():
                 try:
                     check_date(value)
@@ -225,9 +226,6 @@ def register(app: typer.Typer) -> None:
                 tuple(method or ("saliency", "integrated_gradients")),
                 tuple(target or ("mu_hat", "weights")), baseline, step, delta, steps, adv, seed,
             )  # fmt: skip
-        except MpoError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
         typer.echo("share of total absolute attribution per feature:")
         typer.echo(table)
         if starved:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from mpo.cli_errors import one_line_errors
 from mpo.errors import MpoError
 
 __all__ = ["register"]
@@ -65,31 +66,31 @@ def register(app: typer.Typer) -> None:
         from mpo.learn.shrink import ShrinkConfig, run_study
         from mpo.learn.shrink_report import delta_table, format_summary, save_study
 
-        try:
-            if seeds < 1:
-                raise MpoError(f"--seeds must be >= 1, got {seeds}.")
-            cfg = ShrinkConfig(
-                seeds=tuple(range(first_seed, first_seed + seeds)), n_assets=assets,
-                lookback=lookback, months=months, n_factors=factors, alpha=alpha, lam=lam,
-                market_vol=market_vol,
-                cost_bps=cost_bps, turnover=turnover,
-                w_max=w_max, epochs=epochs, learned_sigma=learned_sigma,
-            )  # fmt: skip
-            sp = cfg.splits()
-            typer.echo(
-                f"{seeds} universes of {assets} assets, covariance from {lookback} months "
-                f"(N/T = {assets / lookback:.2f}); decision months: {sp.train} train, {sp.val} "
-                f"validation, {sp.test} test"
-            )
-            results = run_study(cfg)
-            if run_dir is None:
-                from mpo.io import new_run_dir
+        with one_line_errors():
+            try:
+                if seeds < 1:
+                    raise MpoError(f"--seeds must be >= 1, got {seeds}.")
+                cfg = ShrinkConfig(
+                    seeds=tuple(range(first_seed, first_seed + seeds)), n_assets=assets,
+                    lookback=lookback, months=months, n_factors=factors, alpha=alpha, lam=lam,
+                    market_vol=market_vol,
+                    cost_bps=cost_bps, turnover=turnover,
+                    w_max=w_max, epochs=epochs, learned_sigma=learned_sigma,
+                )  # fmt: skip
+                sp = cfg.splits()
+                typer.echo(
+                    f"{seeds} universes of {assets} assets, covariance from {lookback} months "
+                    f"(N/T = {assets / lookback:.2f}); decision months: {sp.train} train, {sp.val} "
+                    f"validation, {sp.test} test"
+                )
+                results = run_study(cfg)
+                if run_dir is None:
+                    from mpo.io import new_run_dir
 
-                run_dir = new_run_dir(out, "shrink")
-            save_study(results, run_dir)
-        except (MpoError, ValueError) as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
+                    run_dir = new_run_dir(out, "shrink")
+                save_study(results, run_dir)
+            except ValueError as exc:  # the study configuration's own checks
+                raise MpoError(str(exc)) from None
         typer.echo("\nout-of-sample (test months) net Sharpe over seeds; edge: mean (s.e.)")
         typer.echo(format_summary(results))
         typer.echo("\nper seed")

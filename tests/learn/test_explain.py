@@ -402,3 +402,17 @@ def test_cli_on_an_mpo_train_run(tmp_path):
     frame = pd.read_csv(next(run.glob("explain-*[0-9].csv")))
     assert set(frame["model"]) == {"dmpo", "two_stage"}
     assert frame["attribution"].abs().sum() > 0
+
+
+def test_cli_an_os_error_is_one_line(tmp_path, monkeypatch):
+    """A read-only --out (here: PermissionError from the writer) is `error: ...`, exit 2."""
+    import mpo.learn.explain_cli as cli
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / "explain.csv"))
+
+    monkeypatch.setattr(cli, "_run", denied)
+    result = CliRunner().invoke(_app(), ["explain", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "error: Permission denied" in result.output and "explain.csv" in result.output
+    assert "Traceback" not in result.output
