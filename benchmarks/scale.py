@@ -174,40 +174,39 @@ def main() -> None:
         print(json.dumps(child(kind, int(n), path, int(periods))))
         return
     rows = []
-    for n in args.sizes:
-        for kind in args.kinds:
-            for path in args.paths if kind != "spo" else ["auto"]:
-                cmd = [sys.executable, __file__, "--child", kind, str(n), path, str(args.periods)]
-                out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-                if out.returncode != 0:
-                    row = {"kind": kind, "n": n, "path": path,
-                           "error": out.stderr.strip().splitlines()[-1:]}  # fmt: skip
-                else:
-                    row = json.loads(out.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(
-                    f"{kind:>9} n={n:<4} {path:>5}: "
-                    + (f"{row['seconds_per_period']:.3f} s/period, peak {row['peak_mb']:.0f} MB"
-                       if "error" not in row else f"failed {row['error']}"),
-                    flush=True,
-                )  # fmt: skip
-    for n in args.train_sizes:
-        enc = args.train_encoder
-        cmd = [sys.executable, __file__, "--train-child", str(n), str(args.train_days), enc]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+
+    def measure(args_, label: dict, name: str, show) -> None:
+        """Run this script with ``args_`` in a fresh process; record and print its row."""
+        out = subprocess.run([sys.executable, __file__, *args_], capture_output=True,
+                             text=True, timeout=3600)  # fmt: skip
         if out.returncode != 0:
-            row = {"kind": "train_epoch", "encoder": enc, "n": n,
-                   "error": out.stderr.strip().splitlines()[-1:]}  # fmt: skip
+            row = {**label, "error": out.stderr.strip().splitlines()[-1:]}
         else:
             row = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(
-            f"train epoch {enc} n={n:<4}: "
-            + (f"{row['seconds_per_epoch']:.1f} s ({row['samples']} samples, "
-               f"{row['parameters']} parameters), peak {row['peak_mb']:.0f} MB"
-               if "error" not in row else f"failed {row['error']}"),
-            flush=True,
-        )  # fmt: skip
+        print(f"{name}: " + (show(row) if "error" not in row else f"failed {row['error']}"),
+              flush=True)  # fmt: skip
+
+    for n in args.sizes:
+        for kind in args.kinds:
+            for path in args.paths if kind != "spo" else ["auto"]:
+                measure(
+                    ["--child", kind, str(n), path, str(args.periods)],
+                    {"kind": kind, "n": n, "path": path},
+                    f"{kind:>9} n={n:<4} {path:>5}",
+                    lambda r: f"{r['seconds_per_period']:.3f} s/period, peak {r['peak_mb']:.0f} MB",
+                )
+    enc = args.train_encoder
+    for n in args.train_sizes:
+        measure(
+            ["--train-child", str(n), str(args.train_days), enc],
+            {"kind": "train_epoch", "encoder": enc, "n": n},
+            f"train epoch {enc} n={n:<4}",
+            lambda r: (
+                f"{r['seconds_per_epoch']:.1f} s ({r['samples']} samples, {r['parameters']} "
+                f"parameters), peak {r['peak_mb']:.0f} MB"
+            ),
+        )
     from mpo.io import package_versions, write_json
 
     write_json({"rows": rows, "periods": args.periods, "lookback": LOOKBACK,
