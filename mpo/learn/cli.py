@@ -388,7 +388,7 @@ def register(app: typer.Typer) -> None:
         torch.set_num_threads(1)  # tiny batched solves: threads cost ~10x on 2 cores
 
         run_dir = None
-        with one_line_errors():  # MpoError, OSError...: one line, exit code 2
+        with one_line_errors(unexpected=False):  # MpoError, OSError: one line, exit code 2
             try:
                 ts = load_train_spec(spec)
                 updates = {}
