@@ -20,40 +20,59 @@ from typing import Annotated
 import typer
 
 from mpo.cli_errors import one_line_errors
-from mpo.errors import CheckpointError, MpoError, SpecError
+from mpo.errors import CheckpointError, MpoError
 from mpo.learn.reporting import format_results, save_curves
 
-__all__ = ["register", "run_experiment"]
+__all__ = ["load_training_data", "load_training_market", "register", "run_experiment"]
 
 logger = logging.getLogger(__name__)
 
 REMEDIES = ("none", "l1_penalty", "larger_delta", "learned_delta", "curriculum")
 
 
-def load_training_market(spec, data: str | None, seed: int | None, adv: float | None):
-    """The spec's market (``--data`` overrides the source; synthetic gets ``predictability``)."""
+def load_training_data(spec, data: str | None, seed: int | None, adv: float | None):
+    """The spec's market and its regime labels by date (``None``: the data have none).
+
+    ``--data`` overrides the source; synthetic gets ``predictability`` and, with
+    ``[data.regimes]``, planted regimes (their labels are the second item).
+    """
     from mpo.data.sources import load_market_data
-    from mpo.data.synthetic import make_synthetic
+    from mpo.data.synthetic import make_synthetic, simulate_market
 
     d = spec.data
     source = data or d.source
     custom = data is not None and data != d.source
     if source == "synthetic":
-        market = make_synthetic(
+        kwargs = dict(
             n_assets=d.n_assets,
             n_periods=d.n_periods,
             seed=d.seed if seed is None else seed,
             predictability=d.predictability,
             **({} if (adv or d.adv) is None else {"adv": adv or d.adv}),
         )
-        return market if d.tickers is None or custom else market.select(d.tickers)
-    return load_market_data(
+        regimes = None
+        if d.regimes is None:
+            market = make_synthetic(**kwargs)
+        else:
+            sim = simulate_market(**kwargs, regimes=d.regimes.switching())
+            market, regimes = sim.data, sim.truth.regimes
+        return (market if d.tickers is None or custom else market.select(d.tickers)), regimes
+    if d.regimes is not None:
+        logger.warning("[data.regimes] plants regimes in the synthetic market only; the %r "
+                       "data have no regime labels.", source)  # fmt: skip
+    market = load_market_data(
         source,
         tickers=None if custom else d.tickers,
         start=None if custom else d.start,
         end=None if custom else d.end,
         adv=adv or d.adv,
     )
+    return market, None
+
+
+def load_training_market(spec, data: str | None, seed: int | None, adv: float | None):
+    """The market of :func:`load_training_data` (without its regime labels)."""
+    return load_training_data(spec, data, seed, adv)[0]
 
 
 def _checkpoint(state_dict, spec, ds, train_split, kind: str, seed: int, history=None, splits=None):
@@ -144,6 +163,7 @@ def run_experiment(
     remedies: tuple[str, ...] = (),
     force: bool = False,
     trials: int | None = None,
+    regimes=None,
 ) -> dict:
     """Train DMPO and the baselines, evaluate val/test sequentially, save the run folder.
 
@@ -155,18 +175,15 @@ def run_experiment(
     (``<kind>.pt``); another spec, data or seed is refused naming the field. A
     finished ``run_dir`` (``results.json``) is refused unless ``force`` (which clears
     it first). ``resume``: an interrupt checkpoint (``dmpo-interrupted.pt`` of older
-    versions) DMPO starts from when it has no progress file.
+    versions) DMPO starts from when it has no progress file. ``regimes``: the regime of
+    each date (a ``pd.Series`` of integers, e.g. ``SyntheticTruth.regimes``), the labels of
+    ``[train] regime_loss`` (required with it: :class:`SpecError` otherwise) and of the
+    regime head's scores (``results["regimes"]``, :func:`mpo.learn.regimes.regime_scores`).
     """
     from mpo.io import package_versions, write_json
+    from mpo.learn.regimes import check_regime_labels, train_dmpo_regimes
 
-    if spec.train.regime_loss:
-        raise SpecError(
-            f"[train] regime_loss = {spec.train.regime_loss}: mpo train has no regime labels "
-            "to train the auxiliary loss on yet (only the Python API does: "
-            "mpo.learn.losses.with_regime_loss with SyntheticTruth.regimes). Remove "
-            "regime_loss; [encoder] regimes alone trains the regime head through the Sharpe "
-            "loss."
-        )
+    check_regime_labels(spec, regimes, market.name)
     from mpo.learn.baselines import (
         direct_decider,
         equal_weight_decider,
@@ -176,12 +193,12 @@ def run_experiment(
     )
     from mpo.learn.dataset import chronological_split, make_dataset
     from mpo.learn.progress import clean_leftovers, prepare_run_dir
-    from mpo.learn.train import TrainingCosts, dmpo_decider, run_sequential, train_dmpo
+    from mpo.learn.train import TrainingCosts, dmpo_decider, run_sequential
 
     prepare_run_dir(run_dir, force=force)
     search = None
     if trials:
-        search = _search(spec, market, run_dir, trials, progress, force)
+        search = _search(spec, market, run_dir, trials, progress, force, regimes)
         spec = search.spec
     costs = TrainingCosts.from_spec(spec)
     ds = make_dataset(market, spec.feature_spec(), costs.model.estimates)
@@ -205,6 +222,9 @@ def run_experiment(
         return _train_durably(kind, sp, run_dir, ds.fingerprint,
                               lambda **kw: fn(sp, ds, train, val, progress=progress, **kw),
                               to_checkpoint, legacy)  # fmt: skip
+
+    def train_dmpo(sp, *args, **kw):
+        return train_dmpo_regimes(sp, *args, regimes=regimes, **kw)
 
     legacy = resume if resume is not None else run_dir / "dmpo-interrupted.pt"
     dmpo = durable("dmpo", spec, train_dmpo, legacy)
@@ -247,15 +267,34 @@ def run_experiment(
     }
     if search is not None:
         results["trials"] = search.record
+    dmpos = {"dmpo": dmpo.model, **{f"dmpo[{r}]": tr.model for r, tr in extra_runs.items()}}
+    scores = _regime_record(spec, dmpos, ds, (train, val, test), regimes)
+    if scores is not None:
+        results["regimes"] = scores
     save_curves(histories, run_dir / "curves.png", metrics=metrics)
     clean_leftovers(run_dir)
     write_json(results, run_dir / "results.json")  # last: marks the run finished
     return results
 
 
-def _search(spec, market, run_dir: Path, n_trials: int, progress: bool, force: bool):
+def _regime_record(spec, models: dict, ds, splits, regimes) -> dict | None:
+    """``results["regimes"]``: each DMPO model's regime-head scores, where labels exist."""
+    from mpo.learn.regimes import regime_scores
+
+    if regimes is None or not spec.encoder.regimes:
+        return None
+    scored = {name: regime_scores(m, ds, splits, regimes) for name, m in models.items()}
+    scored = {name: s for name, s in scored.items() if s is not None}
+    if not scored:
+        return None
+    return {"n_regimes": int(regimes.max()) + 1, "regime_loss": spec.train.regime_loss,
+            "models": scored}  # fmt: skip
+
+
+def _search(spec, market, run_dir: Path, n_trials: int, progress: bool, force: bool,
+            regimes=None):  # fmt: skip
     """The ``--trials`` search; its selected checkpoint becomes ``run_dir / dmpo.pt``."""
-    from mpo.learn.train import train_dmpo
+    from mpo.learn.regimes import train_dmpo_regimes
     from mpo.learn.trials import clear_search, run_search
 
     if force:
@@ -270,7 +309,9 @@ def _search(spec, market, run_dir: Path, n_trials: int, progress: bool, force: b
             ck.extra["best_epoch"] = tr.fit.best_epoch
             return ck
 
-        fn = lambda **kw: train_dmpo(sp, ds, train, val, progress=progress, **kw)  # noqa: E731
+        def fn(**kw):
+            return train_dmpo_regimes(sp, ds, train, val, regimes, progress=progress, **kw)
+
         return _train_durably("dmpo", sp, folder, ds.fingerprint, fn, to_checkpoint)
 
     search = run_search(spec, market, run_dir, n_trials, train_trial)
@@ -398,7 +439,7 @@ def register(app: typer.Typer) -> None:
                     updates["seed"] = seed
                 if updates:
                     ts = ts.with_updates(train=updates)
-                market = load_training_market(ts, data, seed, adv)
+                market, regimes = load_training_data(ts, data, seed, adv)
                 d = market.describe()
                 typer.echo(
                     f"data: {d['name']}, {len(d['tickers'])} assets, {d['start']} to {d['end']} "
@@ -410,6 +451,7 @@ def register(app: typer.Typer) -> None:
                 results = run_experiment(
                     ts, market, run_dir, progress=not no_progress, resume=legacy,
                     remedies=REMEDIES if compare_remedies else (), force=force, trials=trials,
+                    regimes=regimes,
                 )  # fmt: skip
             except KeyboardInterrupt as exc:
                 typer.secho(
@@ -430,4 +472,8 @@ def register(app: typer.Typer) -> None:
         if "trials" in results:
             typer.echo(_format_search(results["trials"]) + "\n")
         typer.echo(format_results(results))
+        if "regimes" in results:
+            from mpo.learn.regimes import format_regime_scores
+
+            typer.echo("\n" + format_regime_scores(results["regimes"]))
         typer.echo(f"\nresults written to {run_dir}")

@@ -21,6 +21,7 @@ from mpo.config import (
     read_toml,
     resolve_paths,
 )
+from mpo.data.synthetic import RegimeSwitching
 from mpo.errors import SpecError
 from mpo.learn.dataset import FEATURES, FeatureSpec
 from mpo.learn.encoders import ENCODERS, EncoderConfig
@@ -38,6 +39,7 @@ __all__ = [
     "EncoderSection",
     "FeaturesSection",
     "QPSection",
+    "RegimesSection",
     "SplitSection",
     "TrainSection",
     "TrainSpec",
@@ -51,13 +53,74 @@ Fraction = Annotated[float, Field(gt=0, lt=1)]
 Remedy = Literal["none", "l1_penalty", "larger_delta", "learned_delta", "curriculum"]
 
 
+#: Factors of the synthetic market ``mpo train --data synthetic`` draws (market, 2 styles).
+SYNTHETIC_FACTORS = 3
+_REGIMES = RegimeSwitching()
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class RegimesSection(_Strict):
+    """Planted regimes of the synthetic market (:class:`mpo.data.synthetic.RegimeSwitching`),
+    one entry per regime in each list; an empty ``[data.regimes]`` table plants the default
+    calm / stress pair. Their labels feed ``[train] regime_loss``."""
+
+    stay: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default=list(_REGIMES.stay),
+        min_length=2,
+        description="P(s_t = a | s_{t-1} = a) per regime (their number is the regimes').",
+    )
+    vol_scale: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default=list(_REGIMES.vol_scale),
+        description="Multiplier of every factor's shock volatility, per regime.",
+    )
+    factor_means: list[list[Finite]] = Field(
+        default=[list(row) for row in _REGIMES.factor_means],
+        description="Daily mean added to the factor returns, one row per regime (market "
+        "factor first; missing entries are 0).",
+    )
+
+    @model_validator(mode="after")
+    def _one_entry_per_regime(self) -> RegimesSection:
+        long = [row for row in self.factor_means if len(row) > SYNTHETIC_FACTORS]
+        if long:
+            raise ValueError(
+                f"factor_means rows have at most {SYNTHETIC_FACTORS} entries (the synthetic "
+                f"market's factors: market, then two styles), got {long[0]!r}."
+            )
+        R = len(self.stay)
+        if len(self.vol_scale) != R or len(self.factor_means) != R:
+            raise ValueError(
+                f"stay, vol_scale and factor_means need one entry per regime: got {R} stay, "
+                f"{len(self.vol_scale)} vol_scale and {len(self.factor_means)} factor_means "
+                f"(give all three with {R} entries)."
+            )
+        return self
+
+    @property
+    def n_regimes(self) -> int:
+        return len(self.stay)
+
+    def switching(self) -> RegimeSwitching:
+        """The :class:`~mpo.data.synthetic.RegimeSwitching` of this section."""
+        return RegimeSwitching(
+            stay=tuple(self.stay),
+            vol_scale=tuple(self.vol_scale),
+            factor_means=tuple(tuple(row) for row in self.factor_means),
+        )
+
+
 class DataSection(DataSpec):
     """Default data as in policy specs (the CLI's ``--data`` overrides ``source``), plus the
-    shape of the synthetic market."""
+    shape of the synthetic market and its optional planted regimes (``[data.regimes]``)."""
 
     n_assets: PositiveInt = 20
     n_periods: Annotated[int, Field(ge=100)] = 1500
     predictability: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    regimes: RegimesSection | None = Field(
+        default=None,
+        description="Planted regimes of the synthetic market (None: none, the market of "
+        "before this option, bit-identical).",
+    )
 
 
 class FeaturesSection(_Strict):
@@ -239,6 +302,13 @@ class TrainSpec(_Strict):
             raise ValueError(
                 f"train.regime_loss = {self.train.regime_loss} needs a regime head: set "
                 "encoder.regimes >= 1 (or drop regime_loss)."
+            )
+        planted = self.data.regimes
+        if self.train.regime_loss and planted and self.encoder.regimes < planted.n_regimes:
+            raise ValueError(
+                f"encoder.regimes = {self.encoder.regimes} is fewer than the "
+                f"{planted.n_regimes} planted regimes of data.regimes that train.regime_loss "
+                f"teaches: set encoder.regimes >= {planted.n_regimes}."
             )
         return self
 

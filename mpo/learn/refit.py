@@ -5,7 +5,8 @@ window's last date** (labels cannot reach past it), splits its decisions
 chronologically into training and validation (early stopping) with a purge,
 and trains one of the three models (``dmpo``, ``two_stage``, ``direct``)
 durably: a progress file per epoch, so a killed fold resumes from its last
-completed epoch with the same final weights (:mod:`mpo.learn.progress`).
+completed epoch with the same final weights (:mod:`mpo.learn.progress`). DMPO with
+``[train] regime_loss`` needs the regime labels of the data (``regimes``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def train_model(
     start=None,
     end=None,
     progress: bool = False,
+    regimes=None,
 ) -> dict:
     """Train ``model`` of ``spec`` on decisions in ``[start, end]`` of ``market``.
 
@@ -80,6 +82,10 @@ def train_model(
     run_dir
         Folder of the checkpoint ``<model>.pt`` and its progress file; a
         finished checkpoint of the same spec, data and seed is reused.
+    regimes
+        ``pd.Series`` of the integer regime of each date (e.g.
+        ``SyntheticTruth.regimes``): the labels of ``[train] regime_loss``, which DMPO
+        needs (:class:`~mpo.errors.SpecError` without them); the baselines ignore both.
 
     Returns
     -------
@@ -92,10 +98,13 @@ def train_model(
     from mpo.learn.baselines import train_direct, train_two_stage
     from mpo.learn.cli import _checkpoint, _train_durably
     from mpo.learn.dataset import history_tail, make_dataset
-    from mpo.learn.train import TrainingCosts, train_dmpo
+    from mpo.learn.regimes import check_regime_labels, train_dmpo_regimes
+    from mpo.learn.train import TrainingCosts
 
     if model not in MODELS:
         raise SpecError(f"unknown model {model!r}; one of {', '.join(MODELS)}.")
+    if model == "dmpo":
+        check_regime_labels(spec, regimes, market.name, who="the walk-forward refit")
     torch.set_num_threads(1)  # tiny batched solves: threads cost ~10x on 2 cores
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,6 +118,10 @@ def train_model(
     ds = make_dataset(window, fs, costs.model.estimates)
     train, val = train_val_split(ds, spec.split.val, spec.split.purge)
     splits = {sp.name: sp.describe() for sp in (train, val)}
+
+    def train_dmpo(*args, **kw):
+        return train_dmpo_regimes(*args, regimes=regimes, **kw)
+
     fn = {"dmpo": train_dmpo, "two_stage": train_two_stage, "direct": train_direct}[model]
 
     def to_checkpoint(tr, kind: str, sp):
