@@ -196,6 +196,12 @@ class QPSection(_Strict):
     w_max: Annotated[float, Field(gt=0, le=1)] | None = None
     eps: Positive = 1e-6
     backend: BackendName = "fast"
+    warm_start: bool | None = Field(
+        default=None,
+        description="Warm-start each training window's QP from its previous active set "
+        "(fast backend; best with [train] w_prev = 'fixed'). Speed only: measured slower "
+        "than cold solves at the shipped learning rates (see benchmarks/qp_warm.py).",
+    )
 
 
 class CostsSection(CostsSpec):
@@ -259,7 +265,11 @@ class TrainSection(_Strict):
     schedule: Literal["cosine", "none"] = "cosine"
     patience: PositiveInt = 5
     seed: int = 0
-    w_prev: Literal["equal", "random"] = "random"
+    w_prev: Literal["equal", "random", "fixed"] = Field(
+        default="random",
+        description="Training w_prev: equal weight, a fresh EW/Dirichlet mix per batch "
+        "('random'), or one such draw per window, the same every epoch ('fixed').",
+    )
     w_prev_mix: Annotated[float, Field(ge=0, le=1)] = 0.5
     remedy: Remedy = "l1_penalty"
     l1_penalty: NonNeg = 1e-3
@@ -376,6 +386,7 @@ class TrainSpec(_Strict):
             delta=q.delta,
             learned_delta=self.train.remedy == "learned_delta",
             backend=q.backend,
+            warm_start=bool(q.warm_start),
         )
 
     def with_updates(self, **sections: dict) -> TrainSpec:

@@ -220,16 +220,21 @@ def _run_epoch(model, batch_loss, positions, opts, opt, gen, epoch) -> dict:
         losses.append(float(loss.detach()))
         for k in counts:
             counts[k] += int(stats.get(k, 0))
+        if "warm" in stats:  # warm-started QP solves ([qp] warm_start)
+            counts["warm_solves"] = counts.get("warm_solves", 0) + int(stats["warm"])
         violation = max(violation, float(stats.get("violation", 0.0)))
     model.eval()
     n = max(counts["n"], 1)
-    return {
+    log = {
         "epoch": epoch,
         "loss": float(np.mean(losses)) if losses else float("nan"),
         "starved": counts["starved"] / n,
         "binding": counts["binding"] / n,
         "violation": violation,
     }
+    if "warm_solves" in counts:
+        log["warm"] = counts["warm_solves"] / n
+    return log
 
 
 @dataclass

@@ -53,7 +53,7 @@ class DMPOModel(nn.Module):
             on_failure="nan",
         )
         self.delta = opts.delta
-        self.qp_backend = make_backend(opts.backend)
+        self.qp_backend = make_backend(opts.backend, **opts.backend_options())
         self.delta_logit = None
         if opts.learned_delta:
             self.delta_logit = nn.Parameter(torch.tensor(math.log(9.0), dtype=DTYPE))
@@ -78,14 +78,18 @@ class DMPOModel(nn.Module):
         w_prev: torch.Tensor,
         delta: torch.Tensor | float,
         gamma: float | None = None,
+        keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, QPInfo]:
         """Weights ``(B, H, n)`` and the backend's :class:`~mpo.learn.qp.QPInfo`.
+
+        ``keys``: the samples' identities (dataset positions) for a warm-starting
+        backend (``[qp] warm_start``); they never change the result.
 
         Samples the solver does not converge on (rare; logged) hold ``w_prev``: a
         feasible decision that carries no gradient.
         """
         w, info = self.qp_backend(
-            self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d, gamma=gamma
+            self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d, gamma=gamma, keys=keys
         )
         bad = ~info.converged | torch.isnan(w).flatten(1).any(-1)
         if bool(bad.any()):

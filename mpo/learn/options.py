@@ -47,6 +47,10 @@ class QPOptions:
         Learn ``delta_eff = delta * sigmoid(theta)`` (the ``learned_delta`` remedy).
     backend : str, default "fast"
         A QP backend registered in :data:`mpo.learn.qp.QP_BACKENDS`.
+    warm_start : bool, default False
+        Warm-start training solves from each window's previous active set (the
+        ``"fast"`` backend's ``warm_start``; see :mod:`mpo.learn.qp.warm`). Changes
+        speed, never results beyond rounding.
     """
 
     risk_aversion: float = 1.0
@@ -56,6 +60,7 @@ class QPOptions:
     delta: float = 0.2
     learned_delta: bool = False
     backend: str = "fast"
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
         for name in ("risk_aversion", "gamma", "eps", "delta"):
@@ -80,6 +85,17 @@ class QPOptions:
             raise SpecError(f"QPOptions.learned_delta must be a bool, got {self.learned_delta!r}.")
         if not isinstance(self.backend, str) or self.backend not in QP_BACKENDS:
             QP_BACKENDS.get(self.backend)  # raises, listing the registered backends
+        if not isinstance(self.warm_start, bool):
+            raise SpecError(f"QPOptions.warm_start must be a bool, got {self.warm_start!r}.")
+        if self.warm_start and self.backend != "fast":
+            raise SpecError(
+                f"QPOptions.warm_start needs the 'fast' QP backend, got backend="
+                f"{self.backend!r}; set warm_start = false or backend = 'fast'."
+            )
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword options of :func:`mpo.learn.qp.make_backend` for :attr:`backend`."""
+        return {"warm_start": True} if self.warm_start else {}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (the checkpoint's ``qp_config``)."""

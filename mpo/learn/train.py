@@ -107,13 +107,23 @@ def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> Bat
     """The DMPO training step's loss on a batch of positions (see module docstring)."""
     costs = TrainingCosts.from_spec(spec)
     t = spec.train
+    fixed = None
+    if t.w_prev == "fixed":
+        # one draw per window, the same every epoch (what makes warm starts hit)
+        gen0 = torch.Generator().manual_seed(t.seed)
+        size = len(ds.dates)
+        fixed = sample_w_prev("random", size, ds.n_assets, spec.qp.w_max, t.w_prev_mix, gen0)
 
     def batch_loss(pos: np.ndarray, epoch: int, gen: torch.Generator):
         n, B = ds.n_assets, len(pos)
-        w_prev = sample_w_prev(t.w_prev, B, n, spec.qp.w_max, t.w_prev_mix, gen)
+        if fixed is None:
+            w_prev = sample_w_prev(t.w_prev, B, n, spec.qp.w_max, t.w_prev_mix, gen)
+        else:
+            w_prev = fixed[torch.as_tensor(pos)]
         delta, gamma = training_limits(model, spec, epoch)
         delta_b = delta.expand(B) if isinstance(delta, torch.Tensor) else delta
-        w, info = model.solve(model.views(ds.windows(pos)), w_prev, delta_b, gamma)
+        keys = torch.as_tensor(pos, dtype=torch.long)
+        w, info = model.solve(model.views(ds.windows(pos)), w_prev, delta_b, gamma, keys=keys)
         r = net_returns(w, w_prev, ds.outcomes(pos), costs, t.steps)
         loss = sharpe_loss(r) if t.loss == "sharpe" else utility_loss(r, t.utility_risk_aversion)
         stats = {
@@ -122,6 +132,8 @@ def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> Bat
             "starved": int(info.starved.sum()),
             "binding": int(info.turnover_active.sum()),
         }
+        if info.warm is not None:
+            stats["warm"] = int(info.warm.sum())
         return loss, stats
 
     return batch_loss

@@ -95,6 +95,12 @@ class ActiveSet:
         """The samples ``rows`` (boolean mask) of this active set."""
         return ActiveSet(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
+    def to(self, like: torch.Tensor) -> ActiveSet:
+        """On ``like``'s device, the signs in its dtype."""
+        out = {f.name: getattr(self, f.name).to(like.device) for f in fields(self)}
+        out["sign"] = out["sign"].to(like.dtype)
+        return ActiveSet(**out)
+
     def merge(self, other: ActiveSet, rows: torch.Tensor) -> ActiveSet:
         """Copy of this active set with the samples ``rows`` replaced by ``other``'s."""
         return ActiveSet(
@@ -333,6 +339,30 @@ class ReducedKKT:
                 out.__dict__[k] = [_put_rows(a, rows, b) for a, b in zip(v, o, strict=True)]
             elif isinstance(v, ActiveSet):
                 out.__dict__[k] = v.merge(o, rows)
+        return out
+
+    def expand(self, risk: RiskOperator, rows: torch.Tensor) -> ReducedKKT:
+        """This system's samples at ``rows`` (boolean mask) of a batch of ``len(rows)``
+        over ``risk``; the other samples are placeholders for :meth:`merge` to fill."""
+        out = object.__new__(ReducedKKT)
+        out.__dict__.update(self.__dict__)
+        out.risk = risk
+        out.shape = (rows.shape[0], *self.shape[1:])
+
+        def put(v: torch.Tensor) -> torch.Tensor:
+            full = v.new_zeros((rows.shape[0], *v.shape[1:]))
+            full[rows] = v
+            return full
+
+        for k, v in self.__dict__.items():
+            if k in ("risk", "shape"):
+                continue
+            if isinstance(v, torch.Tensor):
+                out.__dict__[k] = put(v)
+            elif isinstance(v, list):
+                out.__dict__[k] = [put(a) for a in v]
+            elif isinstance(v, ActiveSet):
+                out.__dict__[k] = ActiveSet(**{f.name: put(getattr(v, f.name)) for f in fields(v)})
         return out
 
     # ----------------------------------------------------------------- helpers

@@ -51,6 +51,10 @@ class QPInfo:
         ``d w_1 / d mu = 0`` (training signal flows only through ``w_prev`` and ``delta``).
         All ``False`` when the active-set system was not built (``polish=False``
         without gradients) or the backend does not identify it.
+    warm : torch.Tensor or None
+        Solved from an earlier solve's active set without an interior point (the fast
+        backend's ``warm_start``; ``iterations`` 0, residuals and gap ``NaN``); ``None``
+        when no warm start was tried (no warm starts, or a call without keys).
     """
 
     iterations: torch.Tensor
@@ -61,6 +65,7 @@ class QPInfo:
     polished: torch.Tensor
     turnover_active: torch.Tensor
     starved: torch.Tensor
+    warm: torch.Tensor | None = None
 
     @property
     def starved_share(self) -> float:
@@ -107,9 +112,11 @@ class QPBackend(ABC):
         *,
         d: torch.Tensor | None = None,
         gamma: float | torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, QPInfo]:
         """Validate the inputs (:func:`mpo.learn.qp.validate_inputs`), then :meth:`solve`."""
-        return self.solve(spec, validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma))
+        inputs = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma, keys=keys)
+        return self.solve(spec, inputs)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

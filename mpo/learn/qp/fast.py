@@ -11,10 +11,11 @@ import logging
 import torch
 
 from mpo.errors import ConvergenceError
-from mpo.learn.qp.active import ReducedKKT, RiskOperator, identify_active_set
+from mpo.learn.qp.active import ActiveSet, ReducedKKT, RiskOperator, identify_active_set
 from mpo.learn.qp.backend import QP_BACKENDS, QPBackend, QPInfo
-from mpo.learn.qp.ipm import IPMResult, default_tol, ipm_solve
+from mpo.learn.qp.ipm import IPMResult, default_tol, ipm_solve, objective_scale
 from mpo.learn.qp.spec import QPInputs, QPSpec, validate_inputs
+from mpo.learn.qp.warm import ActiveSetCache
 
 __all__ = ["FastBackend", "QPInfo", "solve_qp", "covariance"]
 
@@ -47,41 +48,46 @@ class _DMPOFunction(torch.autograd.Function):
     """Autograd function; the backward differentiates the KKT conditions of the optimum."""
 
     @staticmethod
-    def forward(ctx, spec, holder, mu, L, w_prev, delta, gamma, d):
+    def forward(ctx, spec, holder, warm, mu, L, w_prev, delta, gamma, d):
         ctx.in_dtype = mu.dtype
         if spec.upcast and mu.dtype != torch.float64:
             mu, L, w_prev, delta, gamma = (x.double() for x in (mu, L, w_prev, delta, gamma))
             d = None if d is None else d.double()
         qlin = -spec.risk_aversion * mu
-        need_kkt = spec.polish or any(ctx.needs_input_grad[2:])
+        need_kkt = spec.polish or any(ctx.needs_input_grad[3:])
         if spec.woodbury:
             # Sigma stays factored end to end: no (B, H, n, n) tensor is ever formed
             dd = torch.full(L.shape[:-1], spec.eps, dtype=L.dtype, device=L.device)
             risk = RiskOperator(F=L, dd=dd if d is None else dd + d)
         else:
             risk = RiskOperator(dense=covariance(spec, L, d))
-        res, kkt, polished = _solve(spec, risk, qlin, w_prev, gamma, delta, need_kkt)
+        args = (risk, qlin, w_prev, gamma, delta)
         B = mu.shape[0]
         false = torch.zeros(B, dtype=torch.bool, device=mu.device)
-        w, starved, pinned = res.w, false, false
+        hit = false
+        if warm is not None and need_kkt:
+            hit, kkt_w = _warm_solve(spec, *args, *warm)
+        rest = ~hit
+        if bool(hit.all()):
+            res, kkt, polished = None, kkt_w, hit
+        elif bool(hit.any()):
+            sub = (risk.select(rest), *(x[rest] for x in args[1:]))
+            res, kkt_r, pol_r = _solve(spec, *sub, need_kkt)
+            kkt = kkt_w.merge(kkt_r, rest)
+            polished = hit.clone()
+            polished[rest] = pol_r
+        else:
+            res, kkt, polished = _solve(spec, *args, need_kkt)
+        if warm is not None and need_kkt:
+            warm[0].store(warm[1], kkt.act, polished)
+        info = _info(res, rest, kkt, polished, hit, delta)
+        w, starved, pinned = info.pop("w"), false, false
         if kkt is not None:
-            w = torch.where(polished[:, None, None], kkt.w, res.w)
+            w = torch.where(polished[:, None, None], kkt.w, w)
             pinned = kkt.pinned(_PINNED_REL[mu.dtype])
             starved = pinned & kkt.turn
-        converged = res.converged | polished
-        turn = (res.dual["d"] > res.slack["d"]) & torch.isfinite(delta)
-        holder.append(
-            QPInfo(
-                iterations=res.iterations,
-                primal_residual=res.primal_residual,
-                dual_residual=res.dual_residual,
-                gap=res.gap,
-                converged=converged,
-                polished=polished,
-                turnover_active=turn,
-                starved=starved,
-            )
-        )
+        converged = info["converged"]
+        holder.append(QPInfo(**info, starved=starved, warm=hit if warm is not None else None))
         if not bool(converged.all()):
             bad = torch.nonzero(~converged).flatten().tolist()
             if spec.on_failure == "raise":
@@ -107,11 +113,11 @@ class _DMPOFunction(torch.autograd.Function):
         u = torch.where(ctx.pinned[:, None, None] & _first_period(u), torch.zeros_like(u), u)
         wbar = kkt.P(u)
         H = w.shape[1]
-        g_mu = spec.risk_aversion * wbar if ctx.needs_input_grad[2] else None
+        g_mu = spec.risk_aversion * wbar if ctx.needs_input_grad[3] else None
         g_L = g_d = None
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[7]:
+        if ctx.needs_input_grad[4] or ctx.needs_input_grad[8]:
             # dLoss/dSigma_tau = -sym(wbar_tau w_tau')
-            if ctx.needs_input_grad[3]:
+            if ctx.needs_input_grad[4]:
                 # -(wbar (w'L) + w (wbar'L)) = -[wbar, w] [w, wbar]' L, one product chain.
                 left = torch.stack([wbar, w], -1)  # (B, H, n, 2)
                 right = torch.stack([w, wbar], -2)  # (B, H, 2, n)
@@ -120,24 +126,24 @@ class _DMPOFunction(torch.autograd.Function):
                     left = left.transpose(1, 2).reshape(w.shape[0], 1, -1, 2 * H)
                     right = right.reshape(w.shape[0], 1, 2 * H, -1)
                 g_L = -(left @ (right @ L))
-            if ctx.needs_input_grad[7]:
+            if ctx.needs_input_grad[8]:
                 g_d = -(wbar * w)
                 if ctx.shared:
                     g_d = g_d.sum(1, keepdim=True)
         g_wp = None
-        if ctx.needs_input_grad[4]:
+        if ctx.needs_input_grad[5]:
             Sw = kkt.risk.mul(wbar)
             link = kkt.linked.to(w.dtype)
             g_wp = (link * (gw - Sw - v[:, :H].unsqueeze(-1))).sum(1)
             g_wp = g_wp + v[:, H].unsqueeze(-1) * kkt.act.sign[:, 0] * kkt.turn[:, None]
-        g_delta = torch.where(kkt.turn, v[:, H], 0.0) if ctx.needs_input_grad[5] else None
+        g_delta = torch.where(kkt.turn, v[:, H], 0.0) if ctx.needs_input_grad[6] else None
         g_gamma = None
-        if ctx.needs_input_grad[6]:
+        if ctx.needs_input_grad[7]:
             sig = kkt.act.sign
             dsig = sig - torch.cat([sig[:, 1:], torch.zeros_like(sig[:, :1])], 1)
             g_gamma = -(wbar * dsig).sum((1, 2))
         grads = (g_mu, g_L, g_wp, g_delta, g_gamma, g_d)
-        return (None, None, *(None if g is None else g.to(ctx.in_dtype) for g in grads))
+        return (None, None, None, *(None if g is None else g.to(ctx.in_dtype) for g in grads))
 
 
 def _solve(
@@ -213,31 +219,104 @@ def _polish(spec, risk: RiskOperator, qlin, w_prev, gamma, delta, res: IPMResult
     turnover rows cannot both hold). The KKT check decides every time, so a wrong
     candidate costs time, never accuracy.
     """
-    ftol, dtol = _POLISH_TOL[qlin.dtype]
     nu_ipm = torch.cat([res.y, res.dual["d"].unsqueeze(-1)], -1) * res.scale[:, None]
     act = identify_active_set(res.slack, res.dual, res.l1mask, res.prev_slack, res.prev_dual)
+
+    def plain(rows: torch.Tensor) -> ActiveSet:
+        sub_res = res.select(rows)
+        return identify_active_set(sub_res.slack, sub_res.dual, sub_res.l1mask)
+
+    rounds = [None] * _CORRECT + ([plain] if _PLAIN else [])
+    args = (risk, qlin, w_prev, gamma, delta)
+    return _active_set_rounds(spec, args, act, res.scale, nu_ipm, rounds)
+
+
+def _active_set_rounds(spec, args, act: ActiveSet, scale, nu, rounds):
+    """Solve on ``act`` and check; then, for the failing samples, one more solve per
+    entry of ``rounds``: ``None`` takes the corrections the last check proposed, a
+    callable ``rows -> ActiveSet`` another candidate. Returns ``(kkt, ok)``."""
+    risk, qlin, w_prev, gamma, delta = args
+    ftol, dtol = _POLISH_TOL[qlin.dtype]
     kkt = ReducedKKT(risk, qlin, w_prev, gamma, delta, spec.w_max, act)
-    ok, fix = kkt.kkt_check(spec.w_max, gamma, delta, w_prev, res.scale, ftol, dtol, nu_ipm)
-    rounds = ["corrected"] * _CORRECT + (["plain"] if _PLAIN else [])
-    for kind in rounds:
+    ok, fix = kkt.kkt_check(spec.w_max, gamma, delta, w_prev, scale, ftol, dtol, nu)
+    for candidate in rounds:
         if bool(ok.all()):
             break
         rows = ~ok
-        if kind == "plain":
-            sub_res = res.select(rows)
-            cand = identify_active_set(sub_res.slack, sub_res.dual, sub_res.l1mask)
-        else:
-            cand = fix.select(rows)
+        cand = fix.select(rows) if candidate is None else candidate(rows)
         sub = (risk.select(rows), qlin[rows], w_prev[rows], gamma[rows], delta[rows])
         kkt2 = ReducedKKT(*sub, spec.w_max, cand)
         ok2, fix2 = kkt2.kkt_check(
-            spec.w_max, sub[3], sub[4], sub[2], res.scale[rows], ftol, dtol, nu_ipm[rows]
+            spec.w_max, sub[3], sub[4], sub[2], scale[rows], ftol, dtol, nu[rows]
         )
         kkt = kkt.merge(kkt2, rows)
         ok = ok.clone()
         ok[rows] = ok2
         fix = fix.merge(fix2, rows)
     return kkt, ok
+
+
+def _warm_solve(spec, risk, qlin, w_prev, gamma, delta, cache: ActiveSetCache, keys, rounds):
+    """Solve the samples whose ``keys`` have a cached active set from it (plus up to
+    ``rounds`` corrected active sets); ``(hit, kkt)``: ``hit`` ``(B,)`` marks the
+    samples that passed the KKT check, ``kkt`` (``None`` without any cached key) holds
+    their systems, the other samples placeholders."""
+    B = qlin.shape[0]
+    known = cache.known(keys)
+    cache.cold += int((~known).sum())
+    if not bool(known.any()):
+        return torch.zeros(B, dtype=torch.bool, device=qlin.device), None
+    act = cache.lookup(keys[known]).to(qlin)
+    known = known.to(qlin.device)
+    args = (risk, qlin, w_prev, gamma, delta)
+    if not bool(known.all()):
+        args = (risk.select(known), *(x[known] for x in args[1:]))
+    scale = objective_scale(args[0].diagonal(), args[1], args[3])
+    nu = torch.zeros(args[1].shape[0], args[1].shape[1] + 1, dtype=qlin.dtype, device=qlin.device)
+    kkt, ok = _active_set_rounds(spec, args, act, scale, nu, [None] * rounds)
+    cache.hits += int(ok.sum())
+    cache.misses += int((~ok).sum())
+    hit = known.clone()
+    hit[known] = ok
+    return hit, kkt if bool(known.all()) else kkt.expand(risk, known)
+
+
+def _info(res: IPMResult | None, rest, kkt, polished, hit, delta) -> dict:
+    """:class:`QPInfo` fields (and the unpolished ``w``) of a solve whose samples ``rest``
+    went to the interior point (``res``) and ``hit`` were warm-started."""
+    if res is not None and bool(rest.all()):
+        turn = (res.dual["d"] > res.slack["d"]) & torch.isfinite(delta)
+        return {
+            "w": res.w,
+            "iterations": res.iterations,
+            "primal_residual": res.primal_residual,
+            "dual_residual": res.dual_residual,
+            "gap": res.gap,
+            "converged": res.converged | polished,
+            "polished": polished,
+            "turnover_active": turn,
+        }
+    B = polished.shape[0]
+    nan = torch.full((B,), float("nan"), dtype=delta.dtype, device=delta.device)
+    out = {
+        "w": kkt.w.clone(),
+        "iterations": torch.zeros(B, dtype=torch.long, device=delta.device),
+        "primal_residual": nan,
+        "dual_residual": nan.clone(),
+        "gap": nan.clone(),
+        "converged": polished.clone(),
+        "polished": polished,
+        "turnover_active": hit & kkt.turn,
+    }
+    if res is not None:
+        out["w"][rest] = res.w
+        out["converged"][rest] |= res.converged
+        out["turnover_active"][rest] = (res.dual["d"] > res.slack["d"]) & torch.isfinite(
+            delta[rest]
+        )
+        for name in ("iterations", "primal_residual", "dual_residual", "gap"):
+            out[name][rest] = getattr(res, name)
+    return out
 
 
 def _first_period(x: torch.Tensor) -> torch.Tensor:
@@ -303,14 +382,50 @@ def solve_qp(
 class FastBackend(QPBackend):
     """Batched interior point, active-set polish and implicit-KKT backward (this module).
 
-    No options; the tolerances are the spec's (``tol``, ``max_iter``, ``polish``,
-    ``upcast``, ``newton``, ``on_failure``).
+    The tolerances are the spec's (``tol``, ``max_iter``, ``polish``, ``upcast``,
+    ``newton``, ``on_failure``).
+
+    Parameters
+    ----------
+    warm_start : bool, default False
+        Keep the accepted active set of every sample key (:attr:`QPInputs.keys`; calls
+        without keys are solved cold) in one :class:`~mpo.learn.qp.warm.ActiveSetCache`
+        per spec, and solve a key's next problem from it first: one equality-constrained
+        solve per round and no interior point when the KKT check of the full QP passes
+        (the check that accepts polished interior-point solutions, so the result is the
+        same to rounding). Pays off when the same samples recur with nearby data, as
+        the training windows do every epoch with a fixed ``w_prev`` per window.
+    warm_rounds : int, default 2
+        Corrected active sets tried after the cached one before the interior point.
     """
+
+    def __init__(self, warm_start: bool = False, warm_rounds: int = 2) -> None:
+        if not isinstance(warm_start, bool):
+            raise TypeError(f"warm_start must be True or False, got {warm_start!r}.")
+        if isinstance(warm_rounds, bool) or not isinstance(warm_rounds, int) or warm_rounds < 0:
+            raise ValueError(f"warm_rounds must be an integer >= 0, got {warm_rounds!r}.")
+        self.warm_start = warm_start
+        self.warm_rounds = warm_rounds
+        self._caches: dict[QPSpec, ActiveSetCache] = {}
+
+    def __repr__(self) -> str:
+        if not self.warm_start:
+            return "FastBackend()"
+        return f"FastBackend(warm_start=True, warm_rounds={self.warm_rounds})"
+
+    def cache(self, spec: QPSpec) -> ActiveSetCache:
+        """The warm-start cache of ``spec`` (created empty on first use)."""
+        if spec not in self._caches:
+            self._caches[spec] = ActiveSetCache()
+        return self._caches[spec]
 
     def solve(self, spec: QPSpec, inputs: QPInputs) -> tuple[torch.Tensor, QPInfo]:
         inp = inputs
+        warm = None
+        if self.warm_start and inp.keys is not None:
+            warm = (self.cache(spec), inp.keys, self.warm_rounds)
         holder: list[QPInfo] = []
         w = _DMPOFunction.apply(
-            spec, holder, inp.mu, inp.L, inp.w_prev, inp.delta, inp.gamma, inp.d
+            spec, holder, warm, inp.mu, inp.L, inp.w_prev, inp.delta, inp.gamma, inp.d
         )
         return w, holder[0]

@@ -34,7 +34,7 @@ import torch
 from mpo.learn.qp.ipm_newton import NewtonSystem
 from mpo.learn.qp.ipm_problem import IPMProblem, split_groups
 
-__all__ = ["IPMResult", "ipm_solve", "default_tol"]
+__all__ = ["IPMResult", "default_tol", "ipm_solve", "objective_scale"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ _STALL_RESID = 100.0
 # A sample whose max(residual, gap) grew by this factor in one step is stepped back and
 # stopped (the Newton systems have lost their accuracy).
 _DIVERGE = 10.0
+
+
+def objective_scale(diag: torch.Tensor, q: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Per-sample objective scale ``(B,)`` the interior point divides the problem by: the
+    largest of ``max diag(Sigma)`` (``diag`` ``(B, H_S, n)``), ``max |q|`` and ``gamma``."""
+    scale = torch.maximum(torch.maximum(diag.amax((1, 2)), q.abs().amax((1, 2))), gamma)
+    return scale.clamp(min=torch.finfo(q.dtype).tiny)
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -295,11 +302,10 @@ def ipm_solve(
     B = q.shape[0]
     with torch.no_grad():
         if factor is None:
-            diag_max = Sig.diagonal(dim1=-2, dim2=-1).amax((1, 2))
+            diag = Sig.diagonal(dim1=-2, dim2=-1)
         else:
-            diag_max = (factor[0].square().sum(-1) + factor[1]).amax((1, 2))
-        scale = torch.maximum(torch.maximum(diag_max, q.abs().amax((1, 2))), gamma)
-        scale = scale.clamp(min=torch.finfo(q.dtype).tiny)
+            diag = factor[0].square().sum(-1) + factor[1]
+        scale = objective_scale(diag, q, gamma)
         pb = IPMProblem(Sig, q, w_prev, gamma, delta, w_max, scale, factor, refine)
         if start is None:
             st = _init_state(pb)

@@ -187,6 +187,10 @@ class QPInputs:
         L1 trading-cost weights, shape ``(B,)``.
     d : torch.Tensor or None
         Diagonal risk, shape ``(B, H_L, n)``, only for ``factor="lowrank_diag"``.
+    keys : torch.Tensor or None
+        Optional sample identities ``(B,)`` (``int64``, ``>= 0``; e.g. dataset positions),
+        for backends that warm-start a sample from its earlier solves (the ``"fast"``
+        backend with ``warm_start=True``). They never change the solution.
     """
 
     mu: torch.Tensor
@@ -195,6 +199,7 @@ class QPInputs:
     delta: torch.Tensor
     gamma: torch.Tensor
     d: torch.Tensor | None
+    keys: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -204,8 +209,15 @@ class QPInputs:
     def select(self, rows: torch.Tensor) -> QPInputs:
         """The samples ``rows`` (index or boolean tensor), differentiably."""
         d = None if self.d is None else self.d[rows]
+        keys = None if self.keys is None else self.keys[rows]
         return QPInputs(
-            self.mu[rows], self.L[rows], self.w_prev[rows], self.delta[rows], self.gamma[rows], d
+            self.mu[rows],
+            self.L[rows],
+            self.w_prev[rows],
+            self.delta[rows],
+            self.gamma[rows],
+            d,
+            keys,
         )
 
 
@@ -285,6 +297,7 @@ def validate_inputs(
     delta: float | torch.Tensor | None = None,
     d: torch.Tensor | None = None,
     gamma: float | torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
 ) -> QPInputs:
     """Check shapes, dtypes, finiteness and feasibility; return normalised inputs.
 
@@ -305,6 +318,8 @@ def validate_inputs(
         ``spec.factor == "lowrank_diag"``.
     gamma : float, torch.Tensor or None
         L1 cost weight, scalar or ``(B,)``; ``None`` uses ``spec.gamma``.
+    keys : torch.Tensor or None
+        Sample identities ``(B,)`` for warm starts (:attr:`QPInputs.keys`).
 
     Returns
     -------
@@ -370,7 +385,22 @@ def validate_inputs(
             bad = torch.nonzero(x < 0).flatten().tolist()[:10]
             raise ValueError(f"{name} must be >= 0, violated in samples {bad}.")
     _check_turnover_feasible(spec, w_prev, delta_t)
-    return QPInputs(mu=mu, L=L, w_prev=w_prev, delta=delta_t, gamma=gamma_t, d=d)
+    if keys is not None:
+        keys = _check_keys(keys, B)
+    return QPInputs(mu=mu, L=L, w_prev=w_prev, delta=delta_t, gamma=gamma_t, d=d, keys=keys)
+
+
+def _check_keys(keys, batch: int) -> torch.Tensor:
+    keys = torch.as_tensor(keys)
+    if keys.dtype.is_floating_point or keys.dtype == torch.bool or keys.shape != (batch,):
+        raise ValueError(
+            f"keys must be {batch} integer sample identities (shape ({batch},)), got "
+            f"dtype={keys.dtype}, shape={tuple(keys.shape)}."
+        )
+    keys = keys.to(torch.long).cpu()
+    if batch and int(keys.min()) < 0:
+        raise ValueError(f"keys must be >= 0, got {int(keys.min())}.")
+    return keys
 
 
 def _check_turnover_feasible(spec: QPSpec, w_prev: torch.Tensor, delta: torch.Tensor) -> None:
