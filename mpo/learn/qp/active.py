@@ -21,7 +21,38 @@ from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["ActiveSet", "ReducedKKT", "RiskOperator", "identify_active_set"]
+__all__ = ["ActiveSet", "Bounds", "ReducedKKT", "RiskOperator", "as_bounds", "identify_active_set"]
+
+
+@dataclass
+class Bounds:
+    """The weights' box ``lower <= w_tau <= upper`` of a batch.
+
+    ``lower``: ``(B, H, n)`` or ``None`` (0, long-only); ``upper``: ``(B, H, n)``, a
+    scalar cap (``QPSpec.w_max``) or ``None`` (no upper bound). Per-weight bounds come
+    from limits that stay boxes in the weights (a participation limit on the executed
+    trade, a liquidity screen); they are constants of the problem (no gradient).
+    """
+
+    lower: torch.Tensor | None = None
+    upper: torch.Tensor | float | None = None
+    #: ``(B, H, n)`` weights whose box has (next to) zero width: fixed, and the sign of
+    #: their bound multiplier is free (both bounds active); ``None``: no such weight.
+    pinned: torch.Tensor | None = None
+
+    def select(self, rows: torch.Tensor) -> Bounds:
+        """The samples ``rows`` of these bounds."""
+        pick = lambda x: x[rows] if isinstance(x, torch.Tensor) else x  # noqa: E731
+        return Bounds(pick(self.lower), pick(self.upper), pick(self.pinned))
+
+    def values(self) -> tuple:
+        """``(lo, hi)``: tensors or floats (``lo = 0.0``; ``hi = None``: unbounded)."""
+        return (0.0 if self.lower is None else self.lower), self.upper
+
+
+def as_bounds(w_max: float | None | Bounds) -> Bounds:
+    """``w_max`` itself if it is :class:`Bounds`, else the long-only box capped at it."""
+    return w_max if isinstance(w_max, Bounds) else Bounds(None, w_max)
 
 
 @dataclass
@@ -162,7 +193,10 @@ def _runs(act: ActiveSet, w_prev: torch.Tensor, w_max: float | None):
     """Run start index per entry (``-1``: tied to ``w_prev``), fixed mask and values."""
     B, H, n = act.kink.shape
     bound = act.lower | act.upper
-    bval = act.upper.to(w_prev.dtype) * (0.0 if w_max is None else w_max)
+    lo, hi = as_bounds(w_max).values()
+    bval = act.upper.to(w_prev.dtype) * (0.0 if hi is None else hi)
+    if isinstance(lo, torch.Tensor):
+        bval = bval + act.lower.to(w_prev.dtype) * lo
     rid = torch.empty(B, H, n, dtype=torch.long, device=w_prev.device)
     for tau in range(H):
         here = torch.full_like(rid[:, 0], tau)
@@ -211,6 +245,10 @@ class ReducedKKT:
         B, H, n = qlin.shape
         self.shape = (B, H, n)
         self.risk = Sig if isinstance(Sig, RiskOperator) else RiskOperator(dense=Sig)
+        pinned = as_bounds(w_max).pinned
+        if pinned is not None:  # a fixed weight sits at its (upper) bound, whatever the IPM says
+            act = ActiveSet(act.lower & ~pinned, act.upper | pinned, act.kink, act.sign,
+                            act.turnover)  # fmt: skip
         self.act = act
         self.rid, self.fixed, self.linked, self.c = _runs(act, w_prev, w_max)
         free = ~self.fixed
@@ -416,8 +454,10 @@ class ReducedKKT:
         ok = torch.isfinite(w).all(-1).all(-1) & ~self.failed
         lower, upper, kink, sign = act.lower, act.upper, act.kink, act.sign
         bound = lower | upper
-        neg = w < -ftol
-        over = w > w_max + ftol if w_max is not None else torch.zeros_like(neg)
+        box = as_bounds(w_max)
+        b_lo, b_hi = box.values()
+        neg = w < b_lo - ftol
+        over = w > b_hi + ftol if b_hi is not None else torch.zeros_like(neg)
         ok &= ~(neg | over).any(-1).any(-1)
         neg, over = neg & ~lower, over & ~upper
         ok &= ((w.sum(-1) - 1.0).abs() <= ftol).all(-1)
@@ -454,6 +494,9 @@ class ReducedKKT:
             # at 0 needs rem <= lim, a bound at w_max rem >= -lim, a free kink both.
             wants_up = (rem > lim) & ~up & (lo | k_)
             wants_down = (rem < -lim) & ~lo & (up | k_)
+            if box.pinned is not None:  # both bounds active: any multiplier sign is valid
+                wants_up &= ~box.pinned[:, tau]
+                wants_down &= ~box.pinned[:, tau]
             free_bad = (rem.abs() > dt_) & ~(k_ | lo | up)  # reduced solve inaccurate
             ok &= ~(wants_up | wants_down | free_bad).any(-1)
             up_rel.append(wants_up)
@@ -461,6 +504,8 @@ class ReducedKKT:
             xi_k = torch.where(
                 lo, torch.maximum(rem, -cap), torch.where(up, torch.minimum(rem, cap), rem)
             )
+            if box.pinned is not None:
+                xi_k = torch.where(box.pinned[:, tau], torch.clamp(rem, -cap, cap), xi_k)
             xi = torch.where(k_, xi_k, torch.zeros_like(rem))
         rel_up = torch.stack(up_rel[::-1], 1)
         rel_down = torch.stack(down_rel[::-1], 1)

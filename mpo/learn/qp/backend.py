@@ -113,9 +113,12 @@ class QPBackend(ABC):
         d: torch.Tensor | None = None,
         gamma: float | torch.Tensor | None = None,
         keys: torch.Tensor | None = None,
+        lower: torch.Tensor | None = None,
+        upper: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, QPInfo]:
         """Validate the inputs (:func:`mpo.learn.qp.validate_inputs`), then :meth:`solve`."""
-        inputs = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma, keys=keys)
+        inputs = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma, keys=keys,
+                                 lower=lower, upper=upper)  # fmt: skip
         return self.solve(spec, inputs)
 
     def __repr__(self) -> str:

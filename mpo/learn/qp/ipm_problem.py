@@ -4,7 +4,7 @@ The L1 terms are written with epigraph variables ``t_tau >= |w_tau - w_{tau-1}|`
 turnover limit becomes ``1' t_1 <= delta``. All inequalities are stacked into one slack
 vector ``s = g(w, t) >= 0`` of length ``m = G H n + 1`` per sample, in the order
 
-    [w  (lower bounds),  t - d  ("a"),  t + d  ("b"),  w_max - w  (upper, optional),
+    [w - lo  (lower bounds),  t - d  ("a"),  t + d  ("b"),  hi - w  (upper, optional),
      delta - 1't_1  (turnover)],        d_tau = w_tau - w_{tau-1},  w_0 = w_prev,
 
 so that every vector operation of an iteration (ratios, complementarity, step lengths,
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from mpo.learn.qp.active import RiskOperator
+from mpo.learn.qp.active import RiskOperator, as_bounds
 
 __all__ = ["GROUPS", "IPMProblem", "split_groups"]
 
@@ -36,7 +36,8 @@ class IPMProblem:
         self.refine = refine
         self.B, self.H, self.n = B, H, n
         self.hn = H * n
-        self.has_u = w_max is not None
+        self.lo, self.hi = as_bounds(w_max).values()  # hi: float, (B, H, n) or None
+        self.has_u = self.hi is not None
         self.G = 4 if self.has_u else 3
         self.m = self.G * self.hn + 1
         self._buffers: tuple[list, list, torch.Tensor] | None = None
@@ -56,7 +57,6 @@ class IPMProblem:
         self.gamma = (gamma / scale)[:, None, None]
         self.hd = torch.isfinite(delta)
         self.delta = torch.where(self.hd, delta, torch.zeros_like(delta))
-        self.w_max = w_max
         has_l1 = (gamma > 0).unsqueeze(1).expand(B, H).clone()
         has_l1[:, 0] |= self.hd
         self.l1m = has_l1.to(q.dtype).unsqueeze(-1)
@@ -149,7 +149,9 @@ class IPMProblem:
         d = w - self.prev(w)
         g = self.stack(w, t - d, t + d, self.delta - t[:, 0].sum(-1))
         if self.has_u:
-            self.groups(g)[:, 3] += self.w_max
+            self.groups(g)[:, 3] += self.hi
+        if isinstance(self.lo, torch.Tensor):
+            self.groups(g)[:, 0] -= self.lo
         return g
 
 

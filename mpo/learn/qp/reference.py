@@ -93,7 +93,9 @@ class ReferenceProblem:
         return out
 
 
-def build_problem(spec: QPSpec, shared_factor: bool, turnover: bool) -> ReferenceProblem:
+def build_problem(
+    spec: QPSpec, shared_factor: bool, turnover: bool, box: bool = False
+) -> ReferenceProblem:
     """Build the DPP-compliant cvxpy problem for one sample.
 
     Parameters
@@ -104,6 +106,9 @@ def build_problem(spec: QPSpec, shared_factor: bool, turnover: bool) -> Referenc
         One ``L`` (and ``d``) for every period instead of one per period.
     turnover : bool
         Include the turnover limit with a ``delta`` parameter.
+    box : bool, default False
+        Per-weight bounds ``lower <= w <= upper`` as ``(H, n)`` parameters (``params``
+        ``"lower"``, ``"upper"``) instead of ``0 <= w <= w_max``.
 
     Returns
     -------
@@ -128,10 +133,16 @@ def build_problem(spec: QPSpec, shared_factor: bool, turnover: bool) -> Referenc
             quad = quad + cp.sum_squares(cp.multiply(sqrt_d[j], w[tau]))
         terms.append(0.5 * quad - spec.risk_aversion * (mu[tau] @ w[tau]))
         terms.append(gamma * cp.norm1(trade if tau == 0 else w[tau] - w[tau - 1]))
-        cons += [cp.sum(w[tau]) == 1, w[tau] >= 0]
-        if spec.w_max is not None:
-            cons.append(w[tau] <= spec.w_max)
+        cons.append(cp.sum(w[tau]) == 1)
+        if not box:
+            cons.append(w[tau] >= 0)
+            if spec.w_max is not None:
+                cons.append(w[tau] <= spec.w_max)
     params: dict[str, Any] = {"mu": mu, "L": Ls, "w_prev": w_prev, "gamma": gamma}
+    if box:
+        params["lower"] = lo = cp.Parameter((H, n), name="lower")
+        params["upper"] = hi = cp.Parameter((H, n), name="upper")
+        cons += [w >= lo, w <= hi]
     if turnover:
         delta = cp.Parameter(nonneg=True, name="delta")
         cons.append(cp.norm1(trade) <= delta)
@@ -153,12 +164,14 @@ def reference_solve(
     d: torch.Tensor | None = None,
     gamma: float | torch.Tensor | None = None,
     solver_kwargs: dict[str, Any] | None = None,
+    lower: torch.Tensor | None = None,
+    upper: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Solve every sample with cvxpy and Clarabel at tolerance 1e-12 (ground truth).
 
     Parameters
     ----------
-    spec, mu, L, w_prev, delta, d, gamma
+    spec, mu, L, w_prev, delta, d, gamma, lower, upper
         As in :func:`mpo.learn.qp.solve_qp`.
     solver_kwargs : dict or None
         Overrides :data:`CLARABEL_TIGHT`.
@@ -173,9 +186,15 @@ def reference_solve(
     ConvergenceError
         If a sample's solve does not end ``optimal``, naming the sample.
     """
-    inp = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma)
+    inp = validate_inputs(spec, mu, L, w_prev, delta, d=d, gamma=gamma, lower=lower, upper=upper)
     kwargs = {**CLARABEL_TIGHT, **(solver_kwargs or {})}
     data = _to_numpy(inp)
+    box = inp.lower is not None or inp.upper is not None
+    if box:
+        shape = (inp.batch, spec.horizon, spec.n)
+        cap = np.inf if spec.w_max is None else spec.w_max
+        data["lower"] = np.zeros(shape) if inp.lower is None else inp.lower.double().numpy()
+        data["upper"] = np.full(shape, cap) if inp.upper is None else inp.upper.double().numpy()
     cache: dict[tuple[bool, bool], ReferenceProblem] = {}
     out = np.empty((inp.batch, spec.horizon, spec.n))
     shared = inp.L.shape[1] == 1
@@ -183,7 +202,7 @@ def reference_solve(
         turnover = bool(np.isfinite(data["delta"][b]))
         ref = cache.get((shared, turnover))
         if ref is None:
-            ref = cache[(shared, turnover)] = build_problem(spec, shared, turnover)
+            ref = cache[(shared, turnover)] = build_problem(spec, shared, turnover, box)
         _assign(ref, data, b)
         ref.problem.solve(**kwargs)
         if ref.problem.status != cp.OPTIMAL:
@@ -219,6 +238,9 @@ def _assign(ref: ReferenceProblem, data: dict[str, np.ndarray], b: int) -> None:
         p["delta"].value = float(data["delta"][b])
     for j, sd in enumerate(p.get("sqrt_d", [])):
         sd.value = data["sqrt_d"][b, j]
+    if "lower" in p:
+        p["lower"].value = data["lower"][b]
+        p["upper"].value = np.minimum(data["upper"][b], 1e6)  # no cap: a loose one
 
 
 class CvxpyLayerQP:
@@ -318,6 +340,11 @@ class CvxpyLayersBackend(QPBackend):
         return self._layers[key]
 
     def solve(self, spec: QPSpec, inputs: QPInputs) -> tuple[torch.Tensor, QPInfo]:
+        if inputs.lower is not None or inputs.upper is not None:
+            raise ValueError(
+                "the 'cvxpylayers' QP backend has no per-weight bounds (lower/upper: "
+                "participation or liquidity limits); use the 'fast' backend."
+            )
         shared = inputs.L.shape[1] == 1
         finite = torch.isfinite(inputs.delta)
         if bool(finite.all()) or not bool(finite.any()):

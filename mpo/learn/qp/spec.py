@@ -191,6 +191,10 @@ class QPInputs:
         Optional sample identities ``(B,)`` (``int64``, ``>= 0``; e.g. dataset positions),
         for backends that warm-start a sample from its earlier solves (the ``"fast"``
         backend with ``warm_start=True``). They never change the solution.
+    lower, upper : torch.Tensor or None
+        Per-weight bounds ``lower <= w_tau <= upper``, shape ``(B, H, n)``, replacing
+        ``0 <= w <= w_max`` where given (``upper`` replaces the cap: intersect it with
+        ``w_max`` yourself); constants of the problem (no gradient flows to them).
     """
 
     mu: torch.Tensor
@@ -200,6 +204,8 @@ class QPInputs:
     gamma: torch.Tensor
     d: torch.Tensor | None
     keys: torch.Tensor | None = None
+    lower: torch.Tensor | None = None
+    upper: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -209,7 +215,7 @@ class QPInputs:
     def select(self, rows: torch.Tensor) -> QPInputs:
         """The samples ``rows`` (index or boolean tensor), differentiably."""
         d = None if self.d is None else self.d[rows]
-        keys = None if self.keys is None else self.keys[rows]
+        pick = lambda x: None if x is None else x[rows]  # noqa: E731
         return QPInputs(
             self.mu[rows],
             self.L[rows],
@@ -217,32 +223,48 @@ class QPInputs:
             self.delta[rows],
             self.gamma[rows],
             d,
-            keys,
+            pick(self.keys),
+            pick(self.lower),
+            pick(self.upper),
         )
 
 
-def min_turnover(w_prev: torch.Tensor, w_max: float | None) -> torch.Tensor:
-    """Smallest L1 distance from ``w_prev`` to ``{w : 1'w = 1, 0 <= w <= w_max}``.
+def min_turnover(
+    w_prev: torch.Tensor,
+    w_max: float | None,
+    lower: torch.Tensor | None = None,
+    upper: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Smallest L1 distance from ``w_prev`` to ``{w : 1'w = 1, lo <= w <= hi}``.
 
-    Clipping each coordinate into ``[0, w_max]`` costs ``sum |w_prev - clip(w_prev)|``
-    and every feasible ``w`` is reached from the clipped point without moving back, so
-    the distance is that cost plus ``|1 - sum clip(w_prev)|`` (there is room to move the
-    sum to one because ``n w_max >= 1``).
+    ``lo = 0`` and ``hi = w_max`` unless the first period's per-weight bounds ``lower``
+    / ``upper`` (shape ``(..., n)``) are given. Clipping each coordinate into
+    ``[lo, hi]`` costs ``sum |w_prev - clip(w_prev)|`` and every feasible ``w`` is
+    reached from the clipped point without moving back, so the distance is that cost
+    plus ``|1 - sum clip(w_prev)|`` (there is room to move the sum to one when
+    ``sum lo <= 1 <= sum hi``).
 
     Parameters
     ----------
     w_prev : torch.Tensor
         Weights, shape ``(..., n)``.
     w_max : float or None
-        Upper bound, ``None`` for none.
+        Upper bound, ``None`` for none (ignored where ``upper`` is given).
+    lower, upper : torch.Tensor or None
+        Per-weight bounds of the trade's period, shape ``(..., n)``.
 
     Returns
     -------
     torch.Tensor
         Distances, shape ``(...)``.
     """
-    upper = math.inf if w_max is None else w_max
-    clipped = w_prev.clamp(min=0.0, max=upper)
+    lo = torch.zeros_like(w_prev) if lower is None else lower
+    if upper is not None:
+        clipped = torch.minimum(torch.maximum(w_prev, lo), upper)
+    else:
+        clipped = torch.maximum(w_prev, lo)
+        if w_max is not None:
+            clipped = clipped.clamp(max=w_max)
     return (w_prev - clipped).abs().sum(-1) + (1.0 - clipped.sum(-1)).abs()
 
 
@@ -298,6 +320,8 @@ def validate_inputs(
     d: torch.Tensor | None = None,
     gamma: float | torch.Tensor | None = None,
     keys: torch.Tensor | None = None,
+    lower: torch.Tensor | None = None,
+    upper: torch.Tensor | None = None,
 ) -> QPInputs:
     """Check shapes, dtypes, finiteness and feasibility; return normalised inputs.
 
@@ -320,6 +344,9 @@ def validate_inputs(
         L1 cost weight, scalar or ``(B,)``; ``None`` uses ``spec.gamma``.
     keys : torch.Tensor or None
         Sample identities ``(B,)`` for warm starts (:attr:`QPInputs.keys`).
+    lower, upper : torch.Tensor or None
+        Per-weight bounds ``(B, H, n)`` or ``(B, n)`` (every period); see
+        :attr:`QPInputs.lower`.
 
     Returns
     -------
@@ -384,10 +411,57 @@ def validate_inputs(
         if bool((x < 0).any()):
             bad = torch.nonzero(x < 0).flatten().tolist()[:10]
             raise ValueError(f"{name} must be >= 0, violated in samples {bad}.")
-    _check_turnover_feasible(spec, w_prev, delta_t)
+    lower, upper = _check_bounds(spec, lower, upper, mu)
+    _check_turnover_feasible(spec, w_prev, delta_t, lower, upper)
     if keys is not None:
         keys = _check_keys(keys, B)
-    return QPInputs(mu=mu, L=L, w_prev=w_prev, delta=delta_t, gamma=gamma_t, d=d, keys=keys)
+    return QPInputs(mu=mu, L=L, w_prev=w_prev, delta=delta_t, gamma=gamma_t, d=d, keys=keys,
+                    lower=lower, upper=upper)  # fmt: skip
+
+
+def _check_bounds(spec: QPSpec, lower, upper, mu: torch.Tensor):
+    """Per-weight bounds as ``(B, H, n)`` constants: shapes, finiteness, ``0 <= lower <=
+    upper`` and room for the budget in every period (``sum lower <= 1 <= sum upper``)."""
+    B, H, n = mu.shape
+    out = []
+    for x, name in ((lower, "lower"), (upper, "upper")):
+        if x is None:
+            out.append(None)
+            continue
+        _check_tensor(x, name, mu)
+        x = x.detach()
+        if x.dim() == 2 and x.shape == (B, n):
+            x = x.unsqueeze(1).expand(B, H, n)
+        if x.shape != (B, H, n):
+            raise ValueError(f"{name} must have shape ({B}, {H}, {n}) or ({B}, {n}), got "
+                             f"{tuple(x.shape)}.")  # fmt: skip
+        _check_finite(x, name)
+        out.append(x)
+    lower, upper = out
+    lo = torch.zeros_like(mu) if lower is None else lower
+    hi = (
+        upper
+        if upper is not None
+        else (None if spec.w_max is None else torch.full_like(mu, spec.w_max))
+    )
+    problems = []
+    if lower is not None and bool((lower < 0).any()):
+        problems.append(("lower < 0 (the QP is long-only)", (lower < 0).flatten(1).any(-1)))
+    if hi is not None:
+        tol = 1e-12 if mu.dtype == torch.float64 else 1e-6
+        problems.append(("lower > upper", (lo > hi + tol).flatten(1).any(-1)))
+        problems.append(("sum(upper) < 1 (no fully invested portfolio fits)",
+                         (hi.sum(-1) < 1 - tol).any(-1)))  # fmt: skip
+    problems.append(("sum(lower) > 1 (no fully invested portfolio fits)",
+                     (lo.sum(-1) > 1 + 1e-12).any(-1)))  # fmt: skip
+    for what, bad in problems:
+        if bool(bad.any()):
+            samples = torch.nonzero(bad).flatten().tolist()[:10]
+            raise InfeasibleError(
+                f"per-weight bounds infeasible: {what} in samples {samples}; loosen the "
+                "limits behind them (participation, liquidity screen, w_max)."
+            )
+    return lower, upper
 
 
 def _check_keys(keys, batch: int) -> torch.Tensor:
@@ -403,8 +477,11 @@ def _check_keys(keys, batch: int) -> torch.Tensor:
     return keys
 
 
-def _check_turnover_feasible(spec: QPSpec, w_prev: torch.Tensor, delta: torch.Tensor) -> None:
-    need = min_turnover(w_prev.detach(), spec.w_max)
+def _check_turnover_feasible(
+    spec: QPSpec, w_prev: torch.Tensor, delta: torch.Tensor, lower=None, upper=None
+) -> None:
+    first = lambda x: None if x is None else x[:, 0]  # noqa: E731
+    need = min_turnover(w_prev.detach(), spec.w_max, first(lower), first(upper))
     slack = 1e-12 if w_prev.dtype == torch.float64 else 1e-6
     bad = delta.detach() < need - slack
     if bool(bad.any()):
