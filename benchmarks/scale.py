@@ -14,9 +14,18 @@ decision dates, batch 64, encoder hidden 32, low-rank-plus-diagonal risk of rank
 encoder kind of those epochs (default ``lstm``; ``cross_asset``: a shared per-asset GRU
 with cross-asset attention, 2 heads, parameters independent of ``n``).
 
+DMPO-MPO rows also hold ``views_s_per_period``: the seconds a period spends in the
+learned forecast and risk terms (window, encoder, frames, parameter values), the
+learned views' own share of ``seconds_per_period``.
+
 Usage: ``python benchmarks/scale.py [--sizes 20 100 500] [--periods 5]
+[--kinds mpo dmpo_mpo] [--paths auto] [--repeat 2] [--update] [--note TEXT]
 [--train-sizes 20 100 500] [--train-encoder cross_asset] [--out PATH]``; prints a
-table and writes JSON (default ``benchmarks/results/scale.json``).
+table (and the DMPO-MPO / MPO ratio per size, path and run) and writes JSON (default
+``benchmarks/results/scale.json``). ``--repeat`` runs every case that many times
+(interleaved, each run a row with its ``run`` number: timings on shared cores are
+noisy); ``--update`` replaces only the measured cases' rows in ``--out`` and keeps
+the others; ``--note`` is recorded with the rows (e.g. what else ran on the cores).
 """
 
 from __future__ import annotations
@@ -95,6 +104,7 @@ def child(kind: str, n: int, path: str, periods: int) -> dict:
 
     market = make_synthetic(n_assets=n, n_periods=LOOKBACK + periods + 40, seed=0)
     ckpt = _checkpoint(market, Path(tempfile.mkdtemp())) if kind == "dmpo_mpo" else None
+    views_s = _time_learned_terms() if ckpt else None
     spec = parse_spec(_spec(kind, n, path, ckpt))
     cal = market.calendar
     start = cal[LOOKBACK + 30]
@@ -103,12 +113,37 @@ def child(kind: str, n: int, path: str, periods: int) -> dict:
                         include_hold=False, progress=False)  # fmt: skip
     wall = time.perf_counter() - tic
     r = run.results[spec.name]
-    return {
+    row = {
         "kind": kind, "n": n, "path": path, "periods": len(r.returns),
         "seconds_per_period": r.seconds_per_period, "wall_s": wall,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "inaccurate": r.solves.get("inaccurate", 0),
     }  # fmt: skip
+    if views_s is not None:
+        row["views_s_per_period"] = views_s[0] / max(len(r.returns), 1)
+    return row
+
+
+def _time_learned_terms() -> list[float]:
+    """Time every call of the learned terms' ``values_in_time`` (this process only)."""
+    from mpo.forecast import learned
+
+    total = [0.0]
+
+    def timed(method):
+        def values_in_time(*args, **kwargs):
+            tic = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                total[0] += time.perf_counter() - tic
+
+        return values_in_time
+
+    for cls in (learned.LearnedReturnsForecast, learned.LearnedFactorRisk,
+                learned.LearnedCovariance):  # fmt: skip
+        cls.values_in_time = timed(cls.values_in_time)
+    return total
 
 
 def train_child(n: int, days: int, encoder: str = "lstm") -> dict:
@@ -159,6 +194,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["spo", "mpo", "dmpo_mpo"])
     parser.add_argument("--paths", nargs="+", default=["auto", "dpp", "nodpp"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument("--repeat", type=int, default=1, help="runs of every policy case")
+    parser.add_argument("--update", action="store_true", help="keep --out's other rows")
+    parser.add_argument("--note", default=None, help="recorded with the measured rows")
     parser.add_argument("--train-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--train-days", type=int, default=1000)
     parser.add_argument("--train-encoder", default="lstm", help="encoder kind of the epochs")
@@ -188,14 +226,18 @@ def main() -> None:
               flush=True)  # fmt: skip
 
     for n in args.sizes:
-        for kind in args.kinds:
-            for path in args.paths if kind != "spo" else ["auto"]:
-                measure(
-                    ["--child", kind, str(n), path, str(args.periods)],
-                    {"kind": kind, "n": n, "path": path},
-                    f"{kind:>9} n={n:<4} {path:>5}",
-                    lambda r: f"{r['seconds_per_period']:.3f} s/period, peak {r['peak_mb']:.0f} MB",
-                )
+        for run in range(1, args.repeat + 1):
+            for kind in args.kinds:
+                for path in args.paths if kind != "spo" else ["auto"]:
+                    measure(
+                        ["--child", kind, str(n), path, str(args.periods)],
+                        {"kind": kind, "n": n, "path": path},
+                        f"{kind:>9} n={n:<4} {path:>5}"
+                        + (f" run {run}" if args.repeat > 1 else ""),
+                        _show_policy,
+                    )
+                    if args.repeat > 1:
+                        rows[-1]["run"] = run
     enc = args.train_encoder
     for n in args.train_sizes:
         measure(
@@ -207,11 +249,56 @@ def main() -> None:
                 f"parameters), peak {r['peak_mb']:.0f} MB"
             ),
         )
+    for line in _ratios(rows):
+        print(line)
     from mpo.io import package_versions, write_json
 
+    if args.note:
+        for row in rows:
+            row["note"] = args.note
+    if args.update and args.out.exists():
+        rows = _merged(json.loads(args.out.read_text())["rows"], rows)
     write_json({"rows": rows, "periods": args.periods, "lookback": LOOKBACK,
                 "cpus": os.cpu_count(), "versions": package_versions()}, args.out)  # fmt: skip
     print(f"written to {args.out}")
+
+
+def _show_policy(r: dict) -> str:
+    views = (
+        f", learned views {1e3 * r['views_s_per_period']:.1f} ms"
+        if "views_s_per_period" in r
+        else ""
+    )
+    return f"{r['seconds_per_period']:.3f} s/period{views}, peak {r['peak_mb']:.0f} MB"
+
+
+def _key(row: dict) -> tuple:
+    return row["kind"], row.get("encoder"), row["n"], row.get("path")
+
+
+def _ratios(rows: list[dict]) -> list[str]:
+    """DMPO-MPO / MPO seconds per period, per size, compile path and run."""
+    spp = {(*_key(r), r.get("run")): r["seconds_per_period"] for r in rows if "error" not in r}
+    return [
+        f"dmpo_mpo / mpo n={n:<4} {path:>5}" + (f" run {run}" if run else "")
+        + f": {value / spp[('mpo', None, n, path, run)]:.2f}x"
+        for (kind, _, n, path, run), value in spp.items()
+        if kind == "dmpo_mpo" and ("mpo", None, n, path, run) in spp
+    ]  # fmt: skip
+
+
+def _merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old``'s rows with every measured case replaced by its ``new`` rows (in place)."""
+    measured = {_key(r) for r in new}
+    out, placed = [], set()
+    for row in old:
+        key = _key(row)
+        if key not in measured:
+            out.append(row)
+        elif key not in placed:
+            out.extend(r for r in new if _key(r) == key)
+            placed.add(key)
+    return out + [r for r in new if _key(r) not in placed]
 
 
 if __name__ == "__main__":

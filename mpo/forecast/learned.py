@@ -104,6 +104,12 @@ def _load_for(path: str, mtime_ns: int, n: int):
 class LearnedViews:
     """A trained encoder applied to past data, once per decision time.
 
+    A period costs the encoder's forward (under ``torch.inference_mode``) and little
+    else: the past rows are read as arrays, the tickers' positions in cvxportfolio's
+    columns are found once per universe, and the window is built without pandas
+    (:func:`~mpo.learn.dataset.window_from_arrays`); the views equal those of frames
+    reordered by name and :func:`~mpo.learn.dataset.window_at` (tested, bit for bit).
+
     Parameters
     ----------
     checkpoint
@@ -123,12 +129,17 @@ class LearnedViews:
         #: the universe the model is applied to (the checkpoint's until check_universe)
         self.tickers = list(self.ckpt.tickers)
         self._index = pd.Index(self.tickers)  # built once: frames by ticker every period
+        self._order: dict = {}  # role -> (columns, positions of self.tickers): _positions
         self.kind = self.ckpt.kind
         self.horizon = self.model.encoder_config.horizon
         self.eps = float(self.model.qp_spec.eps)
         spec = (self.ckpt.extra or {}).get("spec") or {}
         #: two-stage risk: Ledoit-Wolf on this many past returns (as in training)
         self.lw_lookback = int((spec.get("baselines") or {}).get("lw_lookback", 252))
+        from mpo.learn.dataset import history_tail
+
+        #: rows of past data a decision reads (older ones cannot change the views)
+        self.keep = max(history_tail(self.features), self.lw_lookback)
         splits = (self.ckpt.extra or {}).get("splits") or {}
         ends = [splits[k]["end"] for k in ("train", "val") if k in splits]
         #: last decision date whose data trained or selected (early-stopped) the model
@@ -189,6 +200,7 @@ class LearnedViews:
                 [t for t in universe if t not in trained],
             )  # fmt: skip
         self._index = pd.Index(self.tickers)
+        self._order = {}
 
     def check_horizon(self, horizon: int, who: str) -> None:
         if horizon > self.horizon:
@@ -198,29 +210,50 @@ class LearnedViews:
                 f"with [qp] horizon >= {horizon}."
             )
 
-    def _compute(self, t, past_returns: pd.DataFrame, past_volumes: pd.DataFrame | None):
-        from mpo.learn.dataset import history_tail, window_at
+    def _positions(self, role: str, columns: pd.Index) -> np.ndarray | None:
+        """Where :attr:`tickers` sit in ``columns`` (None: already in that order).
 
-        keep = max(history_tail(self.features), self.lw_lookback)  # older rows are not read
-        if len(past_returns) > keep:
-            past_returns = past_returns.iloc[-keep:]
-            if past_volumes is not None:
-                past_volumes = past_volumes.iloc[-keep:]
-        assets = past_returns.iloc[:, :-1]  # cvxportfolio keeps cash last
-        self.check_universe(list(assets.columns))
-        if list(assets.columns) != self.tickers:  # by name, in the encoder's order
-            assets = assets[self.tickers]
-        vols = past_volumes
-        if vols is not None and list(vols.columns) != self.tickers:
-            vols = vols[self.tickers]
-        X = window_at(pd.Timestamp(t), assets, vols, self.features)
-        with torch.no_grad():
+        Computed once per universe (cvxportfolio hands the same columns every period);
+        ``role='returns'`` checks the universe (cash last) and may rebuild the model.
+        """
+        hit = self._order.get(role)
+        if hit is not None and (hit[0] is columns or hit[0].equals(columns)):
+            return hit[1]
+        if role == "returns":
+            self.check_universe(list(columns[:-1]))  # may set self.tickers, clear _order
+        pos = columns.get_indexer(self.tickers)
+        if (pos < 0).any():
+            missing = [t for t, p in zip(self.tickers, pos, strict=True) if p < 0]
+            raise DataError(
+                f"the past {role} have no column for the tickers {missing} of {self!r}; give "
+                f"{role} for every ticker of the universe."
+            )
+        pos = None if np.array_equal(pos, np.arange(len(pos))) else pos
+        self._order[role] = (columns, pos)
+        return pos
+
+    def _past(self, role: str, frame: pd.DataFrame) -> np.ndarray:
+        """The last :attr:`keep` rows of ``frame`` as floats, columns in :attr:`tickers`' order."""
+        pos = self._positions(role, frame.columns)
+        x = frame.iloc[-self.keep :].to_numpy(dtype=float)
+        return x[:, : len(self.tickers)] if pos is None else x[:, pos]
+
+    def _compute(self, t, past_returns: pd.DataFrame, past_volumes: pd.DataFrame | None):
+        from mpo.learn.dataset import window_from_arrays
+
+        x = self._past("returns", past_returns)  # cvxportfolio keeps cash last
+        v = None  # only the 'volume' feature reads volumes
+        if past_volumes is not None and "volume" in self.features.features:
+            v = self._past("volumes", past_volumes)
+        dates = past_returns.index[-len(x) :]
+        X = torch.as_tensor(window_from_arrays(t, x, v, self.features, dates, self.tickers))[None]
+        with torch.inference_mode():  # no autograd bookkeeping (the numbers of no_grad, tested)
             if self.kind == "dmpo":
-                views = self.model.views(torch.as_tensor(X, dtype=torch.float64)[None])
+                views = self.model.views(X)
             else:  # two-stage: MSE-trained mu_hat, Ledoit-Wolf risk of the past returns
                 views = Views(
-                    self.model.mu(torch.as_tensor(X, dtype=torch.float64)[None]),
-                    torch.as_tensor(ledoit_wolf_factor(assets, self.lw_lookback, t))[None],
+                    self.model.mu(X),
+                    torch.as_tensor(ledoit_wolf_factor(x, self.lw_lookback, t))[None],
                 )
         mu = views.mu[0].numpy()
         L = views.L[0].numpy()
@@ -264,13 +297,23 @@ class LearnedViews:
             )
         return out["Sigma"]
 
+    def factor_at(self, t, past_returns, past_volumes=None, cache=None) -> tuple:
+        """``(F, sqrt(d))`` at ``t`` in ``past_returns``' asset order (built once per ``t``)."""
+        out = self.at(t, past_returns, past_volumes, cache)
+        if "factor" not in out:
+            pos = self._positions("returns", past_returns.columns)  # tickers -> universe
+            order = slice(None) if pos is None else np.argsort(pos)  # universe -> tickers
+            F, d = out["F"].to_numpy(), out["d"].to_numpy()
+            out["factor"] = (F[:, order].copy(), np.sqrt(d[order]))
+        return out["factor"]
 
-def ledoit_wolf_factor(assets: pd.DataFrame, lookback: int, t) -> np.ndarray:
+
+def ledoit_wolf_factor(assets: pd.DataFrame | np.ndarray, lookback: int, t) -> np.ndarray:
     """Cholesky factor of the Ledoit-Wolf covariance of the last ``lookback`` past returns
     (as :func:`mpo.learn.baselines.ledoit_wolf_factors` in training)."""
     from sklearn.covariance import LedoitWolf
 
-    window = assets.to_numpy(dtype=float)[-lookback:]
+    window = np.asarray(assets, dtype=float)[-lookback:]
     if len(window) < 10:
         raise DataError(
             f"the two-stage risk model at {pd.Timestamp(t).date()} needs >= 10 past returns, "
@@ -339,10 +382,9 @@ class LearnedFactorRisk(cvx.costs.Cost):
         self._idio_sqrt = cp.Parameter(n, nonneg=True)
 
     def values_in_time(self, t, past_returns, past_volumes=None, cache=None, **kwargs):
-        out = self.views.at(t, past_returns, past_volumes, cache)
-        tickers = past_returns.columns[:-1]  # the universe's order, cash last
-        self._exposures.value = out["F"][tickers].to_numpy()
-        self._idio_sqrt.value = np.sqrt(out["d"][tickers].to_numpy())
+        F, idio_sqrt = self.views.factor_at(t, past_returns, past_volumes, cache)
+        self._exposures.value = F  # the universe's order (cash last in past_returns)
+        self._idio_sqrt.value = idio_sqrt
 
     def compile_to_cvxpy(self, w_plus, z, w_plus_minus_w_bm, **kwargs):
         w = w_plus_minus_w_bm[:-1]

@@ -296,6 +296,13 @@ def history_tail(spec: FeatureSpec) -> int:
     )
 
 
+def _columns_major(a: np.ndarray | None, tail: int) -> np.ndarray | None:
+    """``a[-tail:]`` laid out by columns as pandas lays out frames (a view when it is): BLAS
+    rounds a matrix product by layout, and windows must not depend on how a frame was built."""
+    a = None if a is None else a[-tail:]
+    return a if a is None or a.strides[0] == a.itemsize else np.asfortranarray(a)
+
+
 def window_at(
     t: pd.Timestamp,
     past_returns: pd.DataFrame,
@@ -309,31 +316,40 @@ def window_at(
     :func:`compute_features`' panel ending at ``t`` (tested), so a model applied
     in a backtest sees exactly the inputs it was trained on.
     """
+    r = past_returns.iloc[-history_tail(spec) :]  # older rows cannot change the window
+    vols = past_dollar_volumes if "volume" in spec.features else None  # its only reader
+    v = None if vols is None else vols.iloc[-len(r) :].to_numpy(dtype=float)
+    return window_from_arrays(t, r.to_numpy(dtype=float), v, spec, r.index, list(r.columns))
+
+
+def window_from_arrays(
+    t: pd.Timestamp, x: np.ndarray, v: np.ndarray | None, spec: FeatureSpec, dates, tickers
+) -> np.ndarray:
+    """:func:`window_at` on arrays (what a backtest calls once per period, no pandas).
+
+    ``x`` (and ``v``, dollar volumes, read by the ``volume`` feature only): the past rows
+    ``(K, n)``, oldest first, assets in ``tickers``' order. ``dates`` (of the rows) and
+    ``tickers`` only name a bad value in the error.
+    """
     need = spec.warmup + spec.window
-    if len(past_returns) < need:
+    if len(x) < need:
         raise DataError(
             f"the feature window at {pd.Timestamp(t).date()} needs {need} periods of history "
-            f"({spec.warmup} warm-up + window {spec.window}), only {len(past_returns)} exist; "
+            f"({spec.warmup} warm-up + window {spec.window}), only {len(x)} exist; "
             "start the backtest later."
         )
+    if "volume" in spec.features and v is None:
+        raise DataError("the 'volume' feature needs volumes; drop it or give volumes.")
     # Only the recent past matters: EWM weights older than EWM_TAIL_SPANS spans are below
     # (1 - 2/(span+1))^(EWM_TAIL_SPANS span) ~ 1e-35 of the newest, so the features equal the
     # full-history panel to rounding (1e-12 tested) at a cost that does not grow with history.
     tail = history_tail(spec)
-    if len(past_returns) > tail:
-        past_returns = past_returns.iloc[-tail:]
-        if past_dollar_volumes is not None:
-            past_dollar_volumes = past_dollar_volumes.iloc[-tail:]
-    idx = past_returns.index.append(pd.DatetimeIndex([t]))
-    x = past_returns.to_numpy(dtype=float)
-    v = None  # only the 'volume' feature reads volumes
-    if "volume" in spec.features:
-        if past_dollar_volumes is None:
-            raise DataError("the 'volume' feature needs volumes; drop it or give volumes.")
-        v = past_dollar_volumes.to_numpy(dtype=float)
+    x, dates, v = _columns_major(x, tail), dates[-tail:], _columns_major(v, tail)
     out = _window_features(x, v, spec)
-    # FeaturePanel checks finiteness and names the feature, ticker and date of a bad value
-    return FeaturePanel(out, idx[-spec.window :], list(past_returns.columns), spec.features).values
+    if not np.isfinite(out).all():  # FeaturePanel names the feature, ticker and date
+        FeaturePanel(out, dates.append(pd.DatetimeIndex([t]))[-spec.window :], list(tickers),
+                     spec.features)  # fmt: skip
+    return out
 
 
 def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
