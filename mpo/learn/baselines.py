@@ -38,6 +38,7 @@ from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import EncoderConfig, Views, build_encoder
 from mpo.learn.evaluation import Decide
 from mpo.learn.fitting import Trained, fit
+from mpo.learn.limits import trade_box
 from mpo.learn.losses import (
     DTYPE,
     PPY,
@@ -50,7 +51,7 @@ from mpo.learn.losses import (
 )
 from mpo.learn.model import seeded
 from mpo.learn.options import QPOptions
-from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
+from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover, solve_qp
 from mpo.metrics import sharpe_ratio
 
 __all__ = [
@@ -193,22 +194,30 @@ class TwoStageModel(nn.Module):
             factor="full",
         )
         self.delta = opts.delta
+        self.limits = opts.limits
         self.qp_backend = make_backend(opts.backend)
 
     def mu(self, X: torch.Tensor) -> torch.Tensor:
         return self.encoder(X.to(DTYPE)).mu.to(DTYPE)
 
     def solve(
-        self, views: Views, w_prev: torch.Tensor, delta: torch.Tensor | float
+        self,
+        views: Views,
+        w_prev: torch.Tensor,
+        delta: torch.Tensor | float,
+        lower: torch.Tensor | None = None,
+        upper: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, QPInfo]:
-        """Weights ``(B, H, n)`` of the QP for ``views`` (``mu_hat``, Ledoit-Wolf factor).
+        """Weights ``(B, H, n)`` of the QP for ``views`` (``mu_hat``, Ledoit-Wolf factor),
+        in the box ``lower``/``upper`` where given (:func:`mpo.learn.limits.trade_box`).
 
         Raises
         ------
         ConvergenceError
             Where the solver does not converge (``on_failure="raise"``).
         """
-        return self.qp_backend(self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d)
+        return self.qp_backend(self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d,
+                               lower=lower, upper=upper)  # fmt: skip
 
 
 def train_two_stage(
@@ -249,18 +258,27 @@ def train_two_stage(
 
 
 def two_stage_decider(
-    model: TwoStageModel, ds: WindowDataset, split: Split, lookback: int
+    model: TwoStageModel, ds: WindowDataset, split: Split, lookback: int, value: float | None = None
 ) -> Decide:
-    """Sequential decisions: encoder ``mu_hat`` + Ledoit-Wolf factor into the hard-limit QP."""
+    """Sequential decisions: encoder ``mu_hat`` + Ledoit-Wolf factor into the hard-limit QP
+    (with the model's participation/liquidity box, at portfolio ``value``, if it has one)."""
     model.eval()
     with torch.no_grad():
         mu = model.mu(ds.windows(split.positions))
     L = ledoit_wolf_factors(ds, split.positions, lookback)
+    spec = model.qp_spec
 
     def decide(k: int, w_prev: torch.Tensor):
-        need = min_turnover(w_prev[None], model.qp_spec.w_max) + 1e-12
+        lower = upper = None
+        if model.limits.active:
+            adv = ds.adv[split.positions[k]][None]
+            lower, upper, _ = trade_box(model.limits, w_prev[None], adv, value, spec.horizon,
+                                        spec.w_max)  # fmt: skip
+        first = lambda x: None if x is None else x[:, 0]  # noqa: E731
+        need = min_turnover(w_prev[None], spec.w_max, first(lower), first(upper)) + 1e-12
         delta = torch.clamp(need, min=model.delta)
-        w, info = model.solve(Views(mu[k : k + 1], L[k : k + 1]), w_prev[None], delta)
+        views = Views(mu[k : k + 1], L[k : k + 1])
+        w, info = model.solve(views, w_prev[None], delta, lower, upper)
         return w[0, 0], delta, bool(info.starved[0])
 
     return decide
@@ -331,26 +349,45 @@ def train_direct(
     return Trained(model, result, "direct")
 
 
-def direct_decider(model: DirectModel, ds: WindowDataset, split: Split) -> Decide:
-    """Sequential decisions of the direct-weights network."""
+def direct_decider(model: DirectModel, ds: WindowDataset, split: Split, box=None) -> Decide:
+    """Sequential decisions of the direct-weights network (in the ``box``, see
+    :func:`equal_weight_decider`)."""
     model.eval()
     with torch.no_grad():
         target = model.target(ds.windows(split.positions))
-
-    def decide(k: int, w_prev: torch.Tensor):
-        delta = torch.clamp(min_turnover(w_prev[None], model.w_max) + 1e-12, min=model.delta)
-        w = project_turnover(target[k : k + 1], w_prev[None], delta, model.w_max)
-        return w[0], delta, False
-
-    return decide
+    return _projecting_decider(lambda k: target[k : k + 1], model.w_max, model.delta, box)
 
 
-def equal_weight_decider(n: int, w_max: float | None, delta: float) -> Decide:
-    """Trade towards ``1/n`` as far as the turnover limit allows (exact projection)."""
+def equal_weight_decider(n: int, w_max: float | None, delta: float, box=None) -> Decide:
+    """Trade towards ``1/n`` as far as the turnover limit allows (exact projection).
+
+    ``box``: ``(k, w_prev (1, n)) -> (lower, upper)`` per-weight bounds ``(1, 1, n)`` of
+    the decision (participation / liquidity limits, :func:`mpo.learn.limits.trade_box`);
+    the projection onto the box, the budget and the turnover limit is then the QP
+    ``min 1/2 ||w||^2 - v'w`` (``Sigma = I``), solved exactly by the QP layer.
+    """
     ew = torch.full((1, n), 1.0 / n, dtype=DTYPE)
+    return _projecting_decider(lambda k: ew, w_max, delta, box)
+
+
+def _projecting_decider(target, w_max: float | None, delta: float, box) -> Decide:
+    """Euclidean projection of ``target(k)`` ``(1, n)`` onto the decision's feasible set."""
+    qp = None
 
     def decide(k: int, w_prev: torch.Tensor):
-        d = torch.clamp(min_turnover(w_prev[None], w_max) + 1e-12, min=delta)
-        return project_turnover(ew, w_prev[None], d, w_max)[0], d, False
+        nonlocal qp
+        v = target(k)
+        lower, upper = (None, None) if box is None else box(k, w_prev[None])
+        first = lambda x: None if x is None else x[:, 0]  # noqa: E731
+        need = min_turnover(w_prev[None], w_max, first(lower), first(upper)) + 1e-12
+        d = torch.clamp(need, min=delta)
+        if lower is None and upper is None:
+            return project_turnover(v, w_prev[None], d, w_max)[0], d, False
+        n = v.shape[-1]
+        if qp is None:
+            qp = QPSpec(n=n, horizon=1, gamma=0.0, eps=1.0, w_max=w_max, factor="full")
+        zero = torch.zeros(1, 1, n, n, dtype=DTYPE)
+        w = solve_qp(qp, v[:, None], zero, w_prev[None], d, lower=lower, upper=upper)
+        return w[0, 0], d, False
 
     return decide

@@ -153,6 +153,21 @@ def _train_durably(kind: str, spec, run_dir: Path, fingerprint: str, train_fn, t
     return tr
 
 
+def _limit_box(spec, ds, split, value: float):
+    """The ``[qp]`` participation/liquidity box of a sequential decider, or ``None``."""
+    limits = spec.qp_options().limits
+    if not limits.active:
+        return None
+    from mpo.learn.limits import trade_box
+
+    def box(k, w_prev):
+        adv = ds.adv[split.positions[k]][None]
+        lower, upper, _ = trade_box(limits, w_prev, adv, value, spec.qp.horizon, spec.qp.w_max)
+        return lower[:, :1], upper[:, :1]
+
+    return box
+
+
 def run_experiment(
     spec,
     market,
@@ -201,7 +216,7 @@ def run_experiment(
         search = _search(spec, market, run_dir, trials, progress, force, regimes)
         spec = search.spec
     costs = TrainingCosts.from_spec(spec)
-    ds = make_dataset(market, spec.feature_spec(), costs.model.estimates)
+    ds = make_dataset(market, spec.feature_spec(), costs.model.estimates, adv=spec.has_limits)
     s = spec.split
     if search is None:
         train, val, test = chronological_split(ds, s.val, s.test, s.purge)
@@ -232,10 +247,16 @@ def run_experiment(
     direct = durable("direct", spec, train_direct)
     n, q = ds.n_assets, spec.qp
     deciders = {
-        "dmpo": lambda sp: dmpo_decider(dmpo.model, ds, sp),
-        "two_stage": lambda sp: two_stage_decider(two.model, ds, sp, spec.baselines.lw_lookback),
-        "direct": lambda sp: direct_decider(direct.model, ds, sp),
-        "equal_weight": lambda sp: equal_weight_decider(n, q.w_max, q.delta),
+        "dmpo": lambda sp: dmpo_decider(dmpo.model, ds, sp, value=costs.value),
+        "two_stage": lambda sp: two_stage_decider(
+            two.model, ds, sp, spec.baselines.lw_lookback, value=costs.value
+        ),
+        "direct": lambda sp: direct_decider(
+            direct.model, ds, sp, box=_limit_box(spec, ds, sp, costs.value)
+        ),
+        "equal_weight": lambda sp: equal_weight_decider(
+            n, q.w_max, q.delta, box=_limit_box(spec, ds, sp, costs.value)
+        ),
     }
     extra_runs = {}
     for remedy in remedies:
@@ -244,7 +265,9 @@ def run_experiment(
         other = spec.with_updates(train={"remedy": remedy})
         tr = durable(f"dmpo-{remedy}", other, train_dmpo)
         extra_runs[remedy] = tr
-        deciders[f"dmpo[{remedy}]"] = lambda sp, m=tr.model: dmpo_decider(m, ds, sp)
+        deciders[f"dmpo[{remedy}]"] = lambda sp, m=tr.model: dmpo_decider(
+            m, ds, sp, value=costs.value
+        )
     metrics = {}
     for name, make in deciders.items():
         for split in (val, test):

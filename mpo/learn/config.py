@@ -196,6 +196,15 @@ class QPSection(_Strict):
     w_max: Annotated[float, Field(gt=0, le=1)] | None = None
     eps: Positive = 1e-6
     backend: BackendName = "fast"
+    participation: Positive | None = Field(
+        default=None,
+        description="Executed trades at most this fraction of the planner's ADV estimate "
+        "(a box in the QP: training and the model's own evaluation; mpo.learn.limits).",
+    )
+    min_adv: Positive | None = Field(
+        default=None,
+        description="Names with a planner ADV estimate below this (dollars) may only shrink.",
+    )
     warm_start: bool | None = Field(
         default=None,
         description="Warm-start each training window's QP from its previous active set "
@@ -374,6 +383,12 @@ class TrainSpec(_Strict):
         """The QP's L1 trading weight: ``qp.gamma``, by default the L1 cost rate."""
         return self.costs.l1_rate if self.qp.gamma is None else self.qp.gamma
 
+    @property
+    def has_limits(self) -> bool:
+        """Whether ``[qp]`` sets a participation limit or a liquidity screen (the dataset
+        then carries the planner's ADV estimates)."""
+        return self.qp.participation is not None or self.qp.min_adv is not None
+
     def qp_options(self) -> QPOptions:
         """The models' QP options (``gamma`` defaults to ``costs.half_spread``; the delta is
         learned under ``remedy = "learned_delta"``)."""
@@ -387,6 +402,8 @@ class TrainSpec(_Strict):
             learned_delta=self.train.remedy == "learned_delta",
             backend=q.backend,
             warm_start=bool(q.warm_start),
+            participation=q.participation,
+            min_adv=q.min_adv,
         )
 
     def with_updates(self, **sections: dict) -> TrainSpec:

@@ -36,6 +36,7 @@ import torch
 from mpo.costs.estimates import CostEstimates
 from mpo.data.market import MarketData
 from mpo.errors import DataError, SpecError
+from mpo.learn.cost_inputs import planner_volumes, simulator_cost_inputs
 from mpo.learn.features import RISK_FEATURES, risk_feature, risk_window
 
 __all__ = [
@@ -375,30 +376,6 @@ def compute_features(market: MarketData, spec: FeatureSpec) -> FeaturePanel:
     return FeaturePanel(values, market.returns.index[start:], market.tickers, tuple(spec.features))
 
 
-def simulator_cost_inputs(
-    market: MarketData, dates: pd.DatetimeIndex, estimates: CostEstimates
-) -> tuple[np.ndarray, np.ndarray]:
-    """``sigma`` and ``V`` ``(D, n)`` the simulator charges for the period starting at each date.
-
-    Calls :meth:`CostEstimates.simulator_sigma` and :meth:`~CostEstimates.simulator_volume`
-    with the arguments cvxportfolio's ``MarketSimulator`` hands its costs at ``t``
-    (returns with cash before ``t``, the returns of ``t``, volumes before and of ``t``), so
-    the loss charges what a backtest charges (tested to 1e-12). In ``"realized"`` mode
-    the values of row ``t`` depend on the period ``t`` itself: loss inputs, not features.
-    """
-    returns = market.returns_with_cash()
-    volumes = market.dollar_volumes
-    tickers = returns.columns[:-1]
-    rows = market.calendar.get_indexer(dates)
-    sigma = np.empty((len(dates), len(tickers)))
-    volume = np.empty_like(sigma)
-    for k, (t, i) in enumerate(zip(dates, rows, strict=True)):
-        past_r, past_v = returns.iloc[:i], volumes.iloc[:i]
-        sigma[k] = estimates.simulator_sigma(t, past_r, returns.iloc[i])
-        volume[k] = estimates.simulator_volume(t, past_v, volumes.iloc[i], tickers)
-    return sigma, volume
-
-
 @dataclass(frozen=True)
 class Outcomes:
     """What the planning steps of a batch of decisions realise (the loss's inputs).
@@ -459,6 +436,9 @@ class WindowDataset:
     spec : FeatureSpec
     fingerprint : str
         The market's fingerprint.
+    adv : torch.Tensor or None
+        ``(D, n)`` the planner's dollar-volume estimate at ``dates[t]`` (strictly past;
+        :func:`planner_volumes`), for participation limits; ``None`` when not built.
     """
 
     features: torch.Tensor
@@ -470,6 +450,7 @@ class WindowDataset:
     tickers: list[str]
     spec: FeatureSpec
     fingerprint: str = ""
+    adv: torch.Tensor | None = None
     _offsets: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -503,13 +484,17 @@ class WindowDataset:
 
 
 def make_dataset(
-    market: MarketData, spec: FeatureSpec, estimates: CostEstimates | None = None
+    market: MarketData,
+    spec: FeatureSpec,
+    estimates: CostEstimates | None = None,
+    adv: bool = False,
 ) -> WindowDataset:
     """Features, realised returns and cost inputs of ``market`` on one calendar.
 
     ``estimates`` say what the simulator charges for ``sigma`` and ``V`` (a training
     spec's: ``spec.cost_model().estimates``; default: :class:`CostEstimates`' defaults,
-    those of a policy spec without ``[costs]``).
+    those of a policy spec without ``[costs]``). ``adv``: also the planner's volume
+    estimates (:attr:`WindowDataset.adv`, for participation limits and liquidity screens).
 
     Raises
     ------
@@ -526,7 +511,9 @@ def make_dataset(
             "needs more. Use a longer history or a shorter window."
         )
     t64 = lambda x: torch.tensor(np.ascontiguousarray(x), dtype=torch.float64)  # noqa: E731
-    sigma, volume = simulator_cost_inputs(market, dates, estimates or CostEstimates())
+    estimates = estimates or CostEstimates()
+    sigma, volume = simulator_cost_inputs(market, dates, estimates)
+    planned = t64(planner_volumes(market, dates, estimates)) if adv else None
     return WindowDataset(
         features=t64(panel.values),
         returns=t64(market.returns.loc[dates].to_numpy(dtype=float)),
@@ -537,6 +524,7 @@ def make_dataset(
         tickers=list(market.tickers),
         spec=spec,
         fingerprint=market.fingerprint(),
+        adv=planned,
     )
 
 

@@ -145,8 +145,15 @@ def run_sequential(
     return Evaluation(name, dates, net, gross, cost, turn, excess, W, viol, starved / T)
 
 
-def dmpo_decider(model: DMPOModel, ds: WindowDataset, split: Split, chunk: int = 256) -> Decide:
-    """Sequential decisions of a DMPO model over ``split`` (views computed in batches)."""
+def dmpo_decider(
+    model: DMPOModel,
+    ds: WindowDataset,
+    split: Split,
+    chunk: int = 256,
+    value: float | None = None,
+) -> Decide:
+    """Sequential decisions of a DMPO model over ``split`` (views computed in batches),
+    under its participation/liquidity limits if it has them (at portfolio ``value``)."""
     model.eval()
     with torch.no_grad():
         parts = [
@@ -160,8 +167,8 @@ def dmpo_decider(model: DMPOModel, ds: WindowDataset, split: Split, chunk: int =
     )
 
     def decide(k: int, w_prev: torch.Tensor):
-        delta = model.inference_delta(w_prev[None])
-        w, info = model.solve(views.index(slice(k, k + 1)), w_prev[None], delta)
+        adv = None if ds.adv is None else ds.adv[split.positions[k]][None]
+        w, info, delta = model.decide(views.index(slice(k, k + 1)), w_prev[None], adv, value)
         return w[0, 0], delta, bool(info.starved[0])
 
     return decide
@@ -178,7 +185,8 @@ def batched_sharpe(
         pos = split.positions
         n = ds.n_assets
         w_prev = torch.full((len(pos), n), 1.0 / n, dtype=DTYPE)
-        w = model(ds.windows(pos), w_prev)
+        adv = None if ds.adv is None else ds.adv[torch.as_tensor(pos)]
+        w, _, _ = model.decide(model.views(ds.windows(pos)), w_prev, adv, costs.value)
         r = net_returns(w, w_prev, ds.outcomes(pos), costs)
         ex = (r - ds.cash[pos]).numpy()
     return sharpe_ratio(ex, PPY)

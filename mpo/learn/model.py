@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mpo.learn.encoders import EncoderConfig, Views, build_encoder
+from mpo.learn.limits import BoxLimits, trade_box
 from mpo.learn.losses import DTYPE
 from mpo.learn.options import QPOptions
 from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
@@ -62,15 +63,44 @@ class DMPOModel(nn.Module):
         """Encoder views in float64."""
         return self.encoder(X.to(DTYPE)).to(DTYPE)
 
-    def inference_delta(self, w_prev: torch.Tensor) -> torch.Tensor:
+    def inference_delta(
+        self,
+        w_prev: torch.Tensor,
+        lower: torch.Tensor | None = None,
+        upper: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Turnover limit per sample: the hard ``delta`` (or the learned one below it),
-        raised to ``min_turnover(w_prev)`` where drift left no feasible point within it."""
+        raised to ``min_turnover(w_prev)`` (of the box ``lower``/``upper`` ``(B, H, n)``
+        where given) where drift left no feasible point within it."""
         if self.delta_logit is not None:
             delta = self.delta * torch.sigmoid(self.delta_logit).expand(w_prev.shape[0])
         else:
             delta = torch.full((w_prev.shape[0],), self.delta, dtype=DTYPE)
-        need = min_turnover(w_prev, self.qp_spec.w_max) + 1e-12
+        first = lambda x: None if x is None else x[:, 0]  # noqa: E731
+        need = min_turnover(w_prev, self.qp_spec.w_max, first(lower), first(upper)) + 1e-12
         return torch.maximum(delta, need)
+
+    def decide(
+        self,
+        views: Views,
+        w_prev: torch.Tensor,
+        adv: torch.Tensor | None = None,
+        value: float | None = None,
+        limits: BoxLimits | None = None,
+    ) -> tuple[torch.Tensor, QPInfo, torch.Tensor]:
+        """Inference decisions ``(w, info, delta)`` under the hard turnover limit and the
+        box ``limits`` (default: the model's own ``participation``/``min_adv``), which
+        need the planner's ADV estimate ``adv`` ``(B, n)`` and the portfolio ``value``."""
+        limits = self.qp_options.limits if limits is None else limits
+        lower = upper = None
+        if limits.active:
+            if adv is None or value is None:
+                raise ValueError("participation/liquidity limits need adv and value.")
+            H = self.qp_spec.horizon
+            lower, upper, _ = trade_box(limits, w_prev, adv, value, H, self.qp_spec.w_max)
+        delta = self.inference_delta(w_prev, lower, upper)
+        w, info = self.solve(views, w_prev, delta, lower=lower, upper=upper)
+        return w, info, delta
 
     def solve(
         self,
@@ -79,18 +109,22 @@ class DMPOModel(nn.Module):
         delta: torch.Tensor | float,
         gamma: float | None = None,
         keys: torch.Tensor | None = None,
+        lower: torch.Tensor | None = None,
+        upper: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, QPInfo]:
         """Weights ``(B, H, n)`` and the backend's :class:`~mpo.learn.qp.QPInfo`.
 
         ``keys``: the samples' identities (dataset positions) for a warm-starting
-        backend (``[qp] warm_start``); they never change the result.
+        backend (``[qp] warm_start``); they never change the result. ``lower``/``upper``:
+        per-weight bounds (:func:`mpo.learn.limits.trade_box`).
 
         Samples the solver does not converge on (rare; logged) hold ``w_prev``: a
         feasible decision that carries no gradient.
         """
         w, info = self.qp_backend(
-            self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d, gamma=gamma, keys=keys
-        )
+            self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d, gamma=gamma, keys=keys,
+            lower=lower, upper=upper,
+        )  # fmt: skip
         bad = ~info.converged | torch.isnan(w).flatten(1).any(-1)
         if bool(bad.any()):
             logger.warning("QP did not converge for %d sample(s); they hold w_prev.",

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from mpo.errors import SpecError
+from mpo.learn.limits import BoxLimits
 from mpo.learn.qp.backend import QP_BACKENDS
 
 __all__ = ["QPOptions"]
@@ -51,6 +52,11 @@ class QPOptions:
         Warm-start training solves from each window's previous active set (the
         ``"fast"`` backend's ``warm_start``; see :mod:`mpo.learn.qp.warm`). Changes
         speed, never results beyond rounding.
+    participation : float or None, default None
+        Executed trades at most this fraction of the planner's ADV estimate, as a box in
+        the QP (:mod:`mpo.learn.limits`), in training and in the model's own evaluation.
+    min_adv : float or None, default None
+        Names whose ADV estimate is below this (dollars) may only shrink.
     """
 
     risk_aversion: float = 1.0
@@ -61,6 +67,8 @@ class QPOptions:
     learned_delta: bool = False
     backend: str = "fast"
     warm_start: bool = False
+    participation: float | None = None
+    min_adv: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("risk_aversion", "gamma", "eps", "delta"):
@@ -85,6 +93,15 @@ class QPOptions:
             raise SpecError(f"QPOptions.learned_delta must be a bool, got {self.learned_delta!r}.")
         if not isinstance(self.backend, str) or self.backend not in QP_BACKENDS:
             QP_BACKENDS.get(self.backend)  # raises, listing the registered backends
+        for name in ("participation", "min_adv"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            bad = isinstance(value, bool) or not isinstance(value, int | float)
+            if bad or not math.isfinite(value) or value <= 0:
+                raise SpecError(f"QPOptions.{name} must be a finite number > 0 or None, got "
+                                f"{value!r}.")  # fmt: skip
+            object.__setattr__(self, name, float(value))
         if not isinstance(self.warm_start, bool):
             raise SpecError(f"QPOptions.warm_start must be a bool, got {self.warm_start!r}.")
         if self.warm_start and self.backend != "fast":
@@ -92,6 +109,11 @@ class QPOptions:
                 f"QPOptions.warm_start needs the 'fast' QP backend, got backend="
                 f"{self.backend!r}; set warm_start = false or backend = 'fast'."
             )
+
+    @property
+    def limits(self) -> BoxLimits:
+        """The participation limit and liquidity screen (:mod:`mpo.learn.limits`)."""
+        return BoxLimits(self.participation, self.min_adv)
 
     def backend_options(self) -> dict[str, Any]:
         """Keyword options of :func:`mpo.learn.qp.make_backend` for :attr:`backend`."""

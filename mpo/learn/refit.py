@@ -115,7 +115,7 @@ def train_model(
         lo = max(int(cal.searchsorted(start)) - history_tail(fs) - fs.warmup, 0)
     window = market.slice(cal[lo], end)
     costs = TrainingCosts.from_spec(spec)
-    ds = make_dataset(window, fs, costs.model.estimates)
+    ds = make_dataset(window, fs, costs.model.estimates, adv=spec.has_limits)
     train, val = train_val_split(ds, spec.split.val, spec.split.purge)
     splits = {sp.name: sp.describe() for sp in (train, val)}
 

@@ -45,10 +45,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from mpo.errors import SpecError
 from mpo.learn.config import TrainSpec
 from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.evaluation import Decide, Evaluation, batched_sharpe, dmpo_decider, run_sequential
 from mpo.learn.fitting import BatchLoss, FitResult, Trained, fit
+from mpo.learn.limits import trade_box
 from mpo.learn.losses import (
     DTYPE,
     PPY,
@@ -60,6 +62,7 @@ from mpo.learn.losses import (
     utility_loss,
 )
 from mpo.learn.model import DMPOModel, build_dmpo_model, seeded
+from mpo.learn.qp import min_turnover
 
 __all__ = [
     "DTYPE",
@@ -107,6 +110,12 @@ def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> Bat
     """The DMPO training step's loss on a batch of positions (see module docstring)."""
     costs = TrainingCosts.from_spec(spec)
     t = spec.train
+    limits = model.qp_options.limits
+    if limits.active and ds.adv is None:
+        raise SpecError(
+            "[qp] participation/min_adv need the planner's ADV estimates in the dataset: "
+            "build it with make_dataset(..., adv=True) (mpo train does)."
+        )
     fixed = None
     if t.w_prev == "fixed":
         # one draw per window, the same every epoch (what makes warm starts hit)
@@ -123,7 +132,15 @@ def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> Bat
         delta, gamma = training_limits(model, spec, epoch)
         delta_b = delta.expand(B) if isinstance(delta, torch.Tensor) else delta
         keys = torch.as_tensor(pos, dtype=torch.long)
-        w, info = model.solve(model.views(ds.windows(pos)), w_prev, delta_b, gamma, keys=keys)
+        lower = upper = None
+        if limits.active:
+            lower, upper, _ = trade_box(limits, w_prev, ds.adv[keys], costs.value,
+                                        spec.qp.horizon, spec.qp.w_max)  # fmt: skip
+            if isinstance(delta_b, torch.Tensor) or math.isfinite(delta_b):
+                need = min_turnover(w_prev, spec.qp.w_max, lower[:, 0], upper[:, 0]) + 1e-12
+                delta_b = torch.maximum(torch.as_tensor(delta_b, dtype=DTYPE).expand(B), need)
+        w, info = model.solve(model.views(ds.windows(pos)), w_prev, delta_b, gamma, keys=keys,
+                              lower=lower, upper=upper)  # fmt: skip
         r = net_returns(w, w_prev, ds.outcomes(pos), costs, t.steps)
         loss = sharpe_loss(r) if t.loss == "sharpe" else utility_loss(r, t.utility_risk_aversion)
         stats = {

@@ -133,7 +133,9 @@ class SplitDates:
         """Splits of ``spec`` on the dataset of the longest searched window."""
         longest = max([spec.features.window] + [int(p.high) for p in space if p.key == "window"])
         ref = spec.with_updates(features={"window": longest})
-        ds = make_dataset(market, ref.feature_spec(), ref.cost_model().estimates)
+        ds = make_dataset(
+            market, ref.feature_spec(), ref.cost_model().estimates, adv=ref.has_limits
+        )
         s = ref.split
         train, val, test = chronological_split(ds, s.val, s.test, s.purge)
         day = lambda t: str(t.date())  # noqa: E731
@@ -187,12 +189,13 @@ def _objective(spec, market, dates, run_dir: Path, train: TrainTrial, space):
         params = {p.name: p.suggest(trial) for p in space}
         sp = trial_spec(spec, params, space)
         costs = TrainingCosts.from_spec(sp)
-        ds = make_dataset(market, sp.feature_spec(), costs.model.estimates)
+        ds = make_dataset(market, sp.feature_spec(), costs.model.estimates, adv=sp.has_limits)
         tr_split, val = aligned_splits(ds, dates, test=False)  # the test split never exists
         folder = run_dir / TRIALS_DIR / _key(params)
         folder.mkdir(parents=True, exist_ok=True)
         tr = train(sp, ds, tr_split, val, folder)
-        ev = run_sequential("dmpo", dmpo_decider(tr.model, ds, val), ds, val, costs, sp.qp.w_max)
+        decider = dmpo_decider(tr.model, ds, val, value=costs.value)
+        ev = run_sequential("dmpo", decider, ds, val, costs, sp.qp.w_max)
         m = ev.metrics()
         trial.set_user_attr("folder", str(folder.relative_to(run_dir)))
         trial.set_user_attr("moments", return_moments(ev.excess))
