@@ -146,11 +146,41 @@ def test_unknown_group_override_and_dmpo_qp_are_refused(market, sectors, tmp_pat
     with pytest.raises(SpecError, match=r"names group\(s\) \['Utilities'\]"):
         run_backtests([spec], market, start=market.calendar[100], end=market.calendar[103],
                       progress=False)  # fmt: skip
-    with pytest.raises(SpecError, match="kind='dmpo_qp'.*cannot enforce"):
+    with pytest.raises(SpecError, match="kind='dmpo_qp'.*cannot enforce.*groups"):
         parse_spec(
             spec_dict("dmpo_qp", learned={"checkpoint": str(tmp_path / "x.pt")},
-                      constraints={"participation": 0.05})
+                      constraints={"groups": str(sectors), "group_column": "sector"})
         )  # fmt: skip
+
+
+def test_dmpo_qp_meets_participation_and_liquidity_limits(market, tmp_path):
+    """The trained QP layer's own decision, with the participation box and the liquidity
+    screen as per-weight bounds: every trade within p * ADV, screened names only shrink."""
+    from test_learned import _write
+
+    ckpt = _write(tmp_path / "dmpo.pt", market.tickers)
+    cal = market.calendar
+    start = pd.Timestamp("2017-06-01")
+    threshold = float(_planner_adv(market, start).median())
+    limits = {"participation": 0.002, "min_adv": threshold}
+    specs = [
+        parse_spec(spec_dict("dmpo_qp", name=name, learned={"checkpoint": str(ckpt)},
+                             constraints=c))  # fmt: skip
+        for name, c in (("free", {}), ("limited", limits))
+    ]
+    run = run_backtests(specs, market, start=start, end="2017-06-20", progress=False)
+    r = run.results["limited"]
+    _check_decisions(r, market, limit_groups=False, participation=0.002)
+    screened = 0
+    for t in r.returns.index:
+        illiquid = _planner_adv(market, t) < threshold
+        post = r.weights.loc[t, market.tickers]
+        pre = post - r.trades.loc[t, market.tickers]
+        assert (post[illiquid] <= pre[illiquid].clip(lower=0) + TOL).all(), t
+        screened += int(illiquid.sum())
+    assert screened > 0
+    assert run.results["free"].turnover.sum() > r.turnover.sum() + 1e-3  # the limits bind
+    assert cal[0] < start
 
 
 @pytest.mark.parametrize("t_pos, seed", [(80, 0), (200, 1)])

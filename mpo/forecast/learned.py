@@ -412,13 +412,52 @@ class DMPOQPPolicy(cvx.policies.Policy):
     ``||w_1 - w_prev||_1 <= delta`` with ``delta`` raised only where drift left
     no feasible point within it). Every decision is recorded in ``decisions``
     (``t -> (w_prev, w_1, delta)``) for inspection and tests.
+
+    ``limits`` (:class:`mpo.learn.limits.BoxLimits`: the policy spec's ``[constraints]``
+    ``participation`` and ``min_adv``) enter the QP as per-weight bounds of the executed
+    trade (:func:`mpo.learn.limits.trade_box`), from ``estimates``' planner ADV at ``t``
+    (the classic policies' estimate) and the current portfolio value. Decisions whose
+    box left no fully invested portfolio are made without it and counted in
+    ``relaxed``.
     """
 
-    def __init__(self, views: LearnedViews, delta: float | None = None):
+    def __init__(
+        self,
+        views: LearnedViews,
+        delta: float | None = None,
+        limits=None,
+        estimates=None,
+    ):
         self.views = views
         #: inference turnover limit; None: the checkpoint's (hard, or learned, delta)
         self.delta = delta
+        self.limits = limits
+        self.estimates = estimates
+        if limits is not None and limits.active and estimates is None:
+            raise ValueError("DMPOQPPolicy: participation/liquidity limits need estimates.")
         self.decisions: dict = {}
+        self.relaxed: list = []
+
+    def _box(self, t, w_prev, past_volumes, value):
+        """``(lower, upper)`` of the decision at ``t`` (``(None, None)`` without limits)."""
+        if self.limits is None or not self.limits.active:
+            return None, None
+        from mpo.learn.limits import trade_box
+
+        tickers = pd.Index(self.views.tickers)
+        if past_volumes is None or value is None:
+            raise DataError(
+                f"kind='dmpo_qp' with [constraints] participation/min_adv at {pd.Timestamp(t).date()} "
+                "needs dollar volumes and the portfolio value; give the data volumes."
+            )
+        adv = self.estimates.planner_volume(t, past_volumes[tickers], tickers)
+        spec = self.views.model.qp_spec
+        adv_t = torch.tensor(np.nan_to_num(np.asarray(adv, dtype=float), nan=0.0))[None]
+        lower, upper, relaxed = trade_box(self.limits, w_prev, adv_t, float(value), spec.horizon,
+                                          spec.w_max)  # fmt: skip
+        if bool(relaxed.any()):
+            self.relaxed.append(t)
+        return lower, upper
 
     def values_in_time(
         self, t, current_weights, past_returns, past_volumes=None, cache=None, **kwargs
@@ -429,16 +468,21 @@ class DMPOQPPolicy(cvx.policies.Policy):
         w_prev = torch.tensor(current_weights[tickers].to_numpy(dtype=float), dtype=torch.float64)[
             None
         ]
+        value = kwargs.get("current_portfolio_value")
+        lower, upper = self._box(t, w_prev, past_volumes, value)
         with torch.no_grad():
             from mpo.learn.qp import min_turnover
 
             if self.views.kind == "dmpo" and self.delta is None:
-                delta = model.inference_delta(w_prev)
+                delta = model.inference_delta(w_prev, lower, upper)
             else:  # the same rule: the limit, raised only where drift left no feasible point
-                need = min_turnover(w_prev, model.qp_spec.w_max) + 1e-12
-                delta = torch.clamp(need, min=self.delta if self.delta is not None else model.delta)
+                first = lambda x: None if x is None else x[:, 0]  # noqa: E731
+                need = min_turnover(w_prev, model.qp_spec.w_max, first(lower), first(upper))
+                delta = torch.clamp(
+                    need + 1e-12, min=self.delta if self.delta is not None else model.delta
+                )
             try:  # the model's QP backend; two-stage: the same QP and limits as its decider
-                w, info = model.solve(out["views"], w_prev, delta)
+                w, info = model.solve(out["views"], w_prev, delta, lower=lower, upper=upper)
             except ConvergenceError:  # two-stage (DMPO models hold w_prev themselves)
                 w, info = torch.full_like(w_prev, float("nan"))[:, None], None
         w1 = w[0, 0].numpy()

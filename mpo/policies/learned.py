@@ -84,13 +84,13 @@ class DMPOQPKind(_Learned, PolicyKind):
     @classmethod
     def validate(cls, spec) -> None:
         c = spec.constraints
-        limits = [f for f in ("groups", "participation", "min_adv") if getattr(c, f) is not None]
-        if limits:
+        if c.groups is not None:
             raise ValueError(
-                f"kind='dmpo_qp' decides with the trained QP layer (budget, long-only, turnover "
-                f"limit only) and cannot enforce [constraints] {', '.join(limits)}; use "
-                "kind='dmpo_mpo' (the learned views in cvxportfolio's MPO, where these limits "
-                "hold) or remove them."
+                "kind='dmpo_qp' decides with the trained QP layer (budget, long-only, cap, "
+                "turnover limit, and the per-weight boxes of [constraints] participation and "
+                "min_adv) and cannot enforce [constraints] groups (sums over a group are not "
+                "boxes); use kind='dmpo_mpo' (the learned views in cvxportfolio's MPO, where "
+                "group limits hold) or remove groups."
             )
         cls._check_checkpoint(spec)
 
@@ -99,7 +99,12 @@ class DMPOQPKind(_Learned, PolicyKind):
 
     def build(self, universe, trading_calendar):
         from mpo.forecast.learned import DMPOQPPolicy
+        from mpo.learn.limits import BoxLimits
 
         views = self.views()
         views.check_universe(list(universe))
-        return DMPOQPPolicy(views, delta=self.spec.learned.delta)
+        c = self.spec.constraints
+        limits = BoxLimits(c.participation, c.min_adv)
+        estimates = cost_model(self.spec).estimates if limits.active else None
+        return DMPOQPPolicy(views, delta=self.spec.learned.delta, limits=limits,
+                            estimates=estimates)  # fmt: skip
