@@ -483,7 +483,7 @@ class DMPOQPPolicy(cvx.policies.Policy):
                 )
             try:  # the model's QP backend; two-stage: the same QP and limits as its decider
                 w, info = model.solve(out["views"], w_prev, delta, lower=lower, upper=upper)
-            except ConvergenceError:  # two-stage (DMPO models hold w_prev themselves)
+            except ConvergenceError:  # a backend that raises (both models hold w_prev otherwise)
                 w, info = torch.full_like(w_prev, float("nan"))[:, None], None
         w1 = w[0, 0].numpy()
         if (info is not None and not bool(info.converged.all())) or not np.isfinite(w1).all():

@@ -49,7 +49,7 @@ from mpo.learn.losses import (
     sharpe_loss,
     utility_loss,
 )
-from mpo.learn.model import seeded
+from mpo.learn.model import hold_unconverged, seeded
 from mpo.learn.options import QPOptions
 from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover, solve_qp
 from mpo.metrics import sharpe_ratio
@@ -192,6 +192,8 @@ class TwoStageModel(nn.Module):
             eps=opts.eps,
             w_max=opts.w_max,
             factor="full",
+            max_iter=150,  # as DMPOModel's; unconverged samples hold w_prev (solve)
+            on_failure="nan",
         )
         self.delta = opts.delta
         self.limits = opts.limits
@@ -210,14 +212,11 @@ class TwoStageModel(nn.Module):
     ) -> tuple[torch.Tensor, QPInfo]:
         """Weights ``(B, H, n)`` of the QP for ``views`` (``mu_hat``, Ledoit-Wolf factor),
         in the box ``lower``/``upper`` where given (:func:`mpo.learn.limits.trade_box`).
-
-        Raises
-        ------
-        ConvergenceError
-            Where the solver does not converge (``on_failure="raise"``).
-        """
-        return self.qp_backend(self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d,
-                               lower=lower, upper=upper)  # fmt: skip
+        Samples the solver does not certify hold ``w_prev``, as DMPO's do
+        (:func:`mpo.learn.model.hold_unconverged`)."""
+        w, info = self.qp_backend(self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d,
+                                  lower=lower, upper=upper)  # fmt: skip
+        return hold_unconverged(w, info, w_prev), info
 
 
 def train_two_stage(

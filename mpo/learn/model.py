@@ -16,7 +16,7 @@ from mpo.learn.losses import DTYPE
 from mpo.learn.options import QPOptions
 from mpo.learn.qp import QPInfo, QPSpec, make_backend, min_turnover
 
-__all__ = ["DMPOModel", "build_dmpo_model", "seeded"]
+__all__ = ["DMPOModel", "build_dmpo_model", "hold_unconverged", "seeded"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,18 +125,23 @@ class DMPOModel(nn.Module):
             self.qp_spec, views.mu, views.L, w_prev, delta, d=views.d, gamma=gamma, keys=keys,
             lower=lower, upper=upper,
         )  # fmt: skip
-        bad = ~info.converged | torch.isnan(w).flatten(1).any(-1)
-        if bool(bad.any()):
-            logger.warning("QP did not converge for %d sample(s); they hold w_prev.",
-                           int(bad.sum()))  # fmt: skip
-            hold = w_prev.detach()[:, None].expand_as(w)
-            w = torch.where(bad[:, None, None], hold, torch.nan_to_num(w))
-        return w, info
+        return hold_unconverged(w, info, w_prev), info
 
     def forward(self, X: torch.Tensor, w_prev: torch.Tensor) -> torch.Tensor:
         """Inference decisions (hard turnover limit): ``(B, H, n)``."""
         w, _ = self.solve(self.views(X), w_prev, self.inference_delta(w_prev))
         return w
+
+
+def hold_unconverged(w: torch.Tensor, info: QPInfo, w_prev: torch.Tensor) -> torch.Tensor:
+    """``w`` with the samples the solver did not certify (rare; logged) holding ``w_prev``:
+    a decision that trades nothing and carries no gradient."""
+    bad = ~info.converged | torch.isnan(w).flatten(1).any(-1)
+    if bool(bad.any()):
+        logger.warning("QP did not converge for %d sample(s); they hold w_prev.", int(bad.sum()))
+        hold = w_prev.detach()[:, None].expand_as(w)
+        w = torch.where(bad[:, None, None], hold, torch.nan_to_num(w))
+    return w
 
 
 def seeded(seed: int, fn: Callable[[], Any]) -> Any:

@@ -142,3 +142,63 @@ def test_a_box_warm_starts(qp_case):
     assert bool(info.warm.all())
     ref = reference_solve(*case.args(), lower=lo, upper=hi)
     np.testing.assert_allclose(w.numpy(), ref, atol=1e-7, rtol=0)
+
+
+FIXTURES = __import__("pathlib").Path(__file__).parents[1] / "fixtures"
+
+
+def test_weights_next_to_a_bound_are_moved_onto_it():
+    """A two-stage evaluation sample of the README's synthetic run (market seed 1) whose
+    drifted w_prev holds entries of 5e-11 to 1e-9: kink and bound closer than the
+    polish's tolerance. It stalled before; now it converges, is polished, and keeps the
+    original turnover limit."""
+    from mpo.learn.qp import QPSpec
+
+    data = np.load(FIXTURES / "qp_near_kink.npz")
+    mu, L, w_prev, delta = (torch.tensor(data[k]) for k in ("mu", "L", "w_prev", "delta"))
+    assert float(w_prev[w_prev > 0].min()) < 1e-10
+    spec = QPSpec(n=20, horizon=2, gamma=0.001, eps=1e-6, w_max=0.25, factor="full")
+    w, info = solve_qp(spec, mu, L, w_prev, delta, return_info=True)  # raises if not
+    assert bool(info.polished.all())
+    assert float((w[:, 0] - w_prev).abs().sum()) <= float(delta[0]) + 1e-12
+    assert float(w.min()) >= -1e-12 and float(w.max()) <= 0.25 + 1e-12
+    # the objective is Clarabel's on the original problem (it ends optimal_inaccurate there)
+    x = cp.Variable((2, 20))
+    S = (L[0] @ L[0].mT).numpy() + 1e-6 * np.eye(20)
+    m, wp = mu[0].numpy(), w_prev[0].numpy()
+
+    def objective(v):
+        risk = sum(0.5 * cp.quad_form(v[t], S) - m[t] @ v[t] for t in range(2))
+        return risk + 0.001 * (cp.norm1(v[0] - wp) + cp.norm1(v[1] - v[0]))
+
+    cons = [cp.sum(x, 1) == 1, x >= 0, x <= 0.25, cp.norm1(x[0] - wp) <= float(delta[0])]
+    prob = cp.Problem(cp.Minimize(objective(x)), cons)
+    prob.solve(solver=cp.CLARABEL)
+    ours = objective(cp.Constant(w[0].numpy())).value
+    assert ours <= prob.value + 1e-9
+
+
+def test_two_stage_holds_w_prev_where_the_solver_fails():
+    from mpo.learn.baselines import TwoStageModel
+    from mpo.learn.encoders import EncoderConfig, Views
+    from mpo.learn.options import QPOptions
+    from mpo.learn.qp import QPInfo
+
+    class Failing:
+        def __call__(self, spec, mu, L, w_prev, delta, **kw):
+            B = mu.shape[0]
+            f = torch.zeros(B, dtype=torch.bool)
+            nan = torch.full((B,), float("nan"), dtype=torch.float64)
+            info = QPInfo(torch.zeros(B, dtype=torch.long), nan, nan, nan, f, f, f, f)
+            return torch.full((B, spec.horizon, spec.n), float("nan"), dtype=torch.float64), info
+
+    enc = EncoderConfig(n_assets=4, n_features=1, window=5, horizon=1)
+    model = TwoStageModel(enc, QPOptions(w_max=0.5))
+    model.qp_backend = Failing()
+    w_prev = torch.tensor([[0.4, 0.3, 0.2, 0.1]], dtype=torch.float64)
+    views = Views(
+        torch.zeros(1, 1, 4, dtype=torch.float64), torch.eye(4, dtype=torch.float64)[None]
+    )
+    w, info = model.solve(views, w_prev, 0.2)
+    assert not bool(info.converged.any())
+    torch.testing.assert_close(w[:, 0], w_prev)
