@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -36,7 +35,6 @@ import sys
 import time
 import tomllib
 from datetime import date
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +43,6 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "seed_dependence.json"
 DEFAULT_RUNS = Path("runs/seed_dependence")
 TIMING = "seed_dependence_run.json"  # seconds and error of the run this script trained
 MODELS = ("dmpo", "two_stage", "direct", "equal_weight")
-PACKAGES = ("mpo", "torch", "numpy", "scipy", "pandas", "cvxpy", "clarabel")
 
 
 def spec_with_seed(text: str, table: str, seed: int) -> str:
@@ -199,13 +196,9 @@ def git_state() -> dict:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
+    from mpo.io import package_versions
+
+    return package_versions()
 
 
 def main() -> None:

@@ -116,56 +116,17 @@ def test_limits_need_the_datasets_adv():
         train_dmpo(spec, ds, train, val, progress=False)
 
 
-SPEC = """
-name = "limited"
-[data]
-source = "synthetic"
-n_assets = 5
-n_periods = 360
-predictability = 0.5
-[features]
-window = 5
-[split]
-val = 0.2
-test = 0.2
-[encoder]
-hidden = 8
-rank = 2
-mu_scale = 0.01
-[qp]
-delta = 0.2
-w_max = 0.5
-participation = 0.0002
-min_adv = 100000000.0
-[train]
-epochs = 1
-batch_size = 32
-max_batches = 2
-[baselines]
-two_stage_epochs = 1
-direct_epochs = 1
-lw_lookback = 60
-"""
-
-
 def test_mpo_train_with_limits(tmp_path: Path):
-    """Every model of ``mpo train`` (DMPO, two-stage, direct, equal weight) decides
-    within the participation box on the test split."""
-    import typer
+    """``mpo train`` with ``[qp] participation`` and ``min_adv`` runs every model under the
+    box and records the limits in the results and the checkpoint."""
+    from test_train_cli import SPEC, _app
 
-    from mpo.learn.cli import register
-
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:
-        """Unused."""
-
+    limited = SPEC.replace("[qp]\n", "[qp]\nparticipation = 0.0002\nmin_adv = 100000000.0\n")
+    assert limited != SPEC
     spec = tmp_path / "limited.toml"
-    spec.write_text(SPEC)
+    spec.write_text(limited)
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", str(spec), "--out", str(out), "--no-progress"],
+    result = CliRunner().invoke(_app(), ["train", str(spec), "--out", str(out), "--no-progress"],
                                 catch_exceptions=False)  # fmt: skip
     assert result.exit_code == 0, result.output
     (run_dir,) = out.iterdir()
