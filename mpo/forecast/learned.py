@@ -476,8 +476,7 @@ class DMPOQPPolicy(cvx.policies.Policy):
             if self.views.kind == "dmpo" and self.delta is None:
                 delta = model.inference_delta(w_prev, lower, upper)
             else:  # the same rule: the limit, raised only where drift left no feasible point
-                first = lambda x: None if x is None else x[:, 0]  # noqa: E731
-                need = min_turnover(w_prev, model.qp_spec.w_max, first(lower), first(upper))
+                need = min_turnover(w_prev, model.qp_spec.w_max, lower, upper)
                 delta = torch.clamp(
                     need + 1e-12, min=self.delta if self.delta is not None else model.delta
                 )

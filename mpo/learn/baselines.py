@@ -38,7 +38,6 @@ from mpo.learn.dataset import Split, WindowDataset
 from mpo.learn.encoders import EncoderConfig, Views, build_encoder
 from mpo.learn.evaluation import Decide
 from mpo.learn.fitting import Trained, fit
-from mpo.learn.limits import trade_box
 from mpo.learn.losses import (
     DTYPE,
     PPY,
@@ -196,7 +195,6 @@ class TwoStageModel(nn.Module):
             on_failure="nan",
         )
         self.delta = opts.delta
-        self.limits = opts.limits
         self.qp_backend = make_backend(opts.backend)
 
     def mu(self, X: torch.Tensor) -> torch.Tensor:
@@ -257,10 +255,10 @@ def train_two_stage(
 
 
 def two_stage_decider(
-    model: TwoStageModel, ds: WindowDataset, split: Split, lookback: int, value: float | None = None
+    model: TwoStageModel, ds: WindowDataset, split: Split, lookback: int, box=None
 ) -> Decide:
     """Sequential decisions: encoder ``mu_hat`` + Ledoit-Wolf factor into the hard-limit QP
-    (with the model's participation/liquidity box, at portfolio ``value``, if it has one)."""
+    (in the participation/liquidity ``box``, :func:`mpo.learn.limits.decision_box`)."""
     model.eval()
     with torch.no_grad():
         mu = model.mu(ds.windows(split.positions))
@@ -268,13 +266,8 @@ def two_stage_decider(
     spec = model.qp_spec
 
     def decide(k: int, w_prev: torch.Tensor):
-        lower = upper = None
-        if model.limits.active:
-            adv = ds.adv[split.positions[k]][None]
-            lower, upper, _ = trade_box(model.limits, w_prev[None], adv, value, spec.horizon,
-                                        spec.w_max)  # fmt: skip
-        first = lambda x: None if x is None else x[:, 0]  # noqa: E731
-        need = min_turnover(w_prev[None], spec.w_max, first(lower), first(upper)) + 1e-12
+        lower, upper = (None, None) if box is None else box(k, w_prev[None])
+        need = min_turnover(w_prev[None], spec.w_max, lower, upper) + 1e-12
         delta = torch.clamp(need, min=model.delta)
         views = Views(mu[k : k + 1], L[k : k + 1])
         w, info = model.solve(views, w_prev[None], delta, lower, upper)
@@ -360,8 +353,9 @@ def direct_decider(model: DirectModel, ds: WindowDataset, split: Split, box=None
 def equal_weight_decider(n: int, w_max: float | None, delta: float, box=None) -> Decide:
     """Trade towards ``1/n`` as far as the turnover limit allows (exact projection).
 
-    ``box``: ``(k, w_prev (1, n)) -> (lower, upper)`` per-weight bounds ``(1, 1, n)`` of
-    the decision (participation / liquidity limits, :func:`mpo.learn.limits.trade_box`);
+    ``box``: ``(k, w_prev (1, n)) -> (lower, upper)`` per-weight bounds ``(1, H, n)`` of
+    the decision (participation / liquidity limits, :func:`mpo.learn.limits.decision_box`;
+    the first period is used);
     the projection onto the box, the budget and the turnover limit is then the QP
     ``min 1/2 ||w||^2 - v'w`` (``Sigma = I``), solved exactly by the QP layer.
     """
@@ -377,8 +371,9 @@ def _projecting_decider(target, w_max: float | None, delta: float, box) -> Decid
         nonlocal qp
         v = target(k)
         lower, upper = (None, None) if box is None else box(k, w_prev[None])
-        first = lambda x: None if x is None else x[:, 0]  # noqa: E731
-        need = min_turnover(w_prev[None], w_max, first(lower), first(upper)) + 1e-12
+        if lower is not None:  # a one-step projection: the executed trade's box
+            lower, upper = lower[:, :1], upper[:, :1]
+        need = min_turnover(w_prev[None], w_max, lower, upper) + 1e-12
         d = torch.clamp(need, min=delta)
         if lower is None and upper is None:
             return project_turnover(v, w_prev[None], d, w_max)[0], d, False

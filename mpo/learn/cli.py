@@ -155,17 +155,10 @@ def _train_durably(kind: str, spec, run_dir: Path, fingerprint: str, train_fn, t
 
 def _limit_box(spec, ds, split, value: float):
     """The ``[qp]`` participation/liquidity box of a sequential decider, or ``None``."""
-    limits = spec.qp_options().limits
-    if not limits.active:
-        return None
-    from mpo.learn.limits import trade_box
+    from mpo.learn.limits import decision_box
 
-    def box(k, w_prev):
-        adv = ds.adv[split.positions[k]][None]
-        lower, upper, _ = trade_box(limits, w_prev, adv, value, spec.qp.horizon, spec.qp.w_max)
-        return lower[:, :1], upper[:, :1]
-
-    return box
+    q = spec.qp
+    return decision_box(spec.qp_options().limits, ds, split, value, q.horizon, q.w_max)
 
 
 def run_experiment(
@@ -249,7 +242,7 @@ def run_experiment(
     deciders = {
         "dmpo": lambda sp: dmpo_decider(dmpo.model, ds, sp, value=costs.value),
         "two_stage": lambda sp: two_stage_decider(
-            two.model, ds, sp, spec.baselines.lw_lookback, value=costs.value
+            two.model, ds, sp, spec.baselines.lw_lookback, box=_limit_box(spec, ds, sp, costs.value)
         ),
         "direct": lambda sp: direct_decider(
             direct.model, ds, sp, box=_limit_box(spec, ds, sp, costs.value)

@@ -49,7 +49,7 @@ def planner_volumes(
     at the decision (:meth:`CostEstimates.planner_volume` of the volumes before ``t``),
     e.g. for participation limits. Strictly past: unlike :func:`simulator_cost_inputs`."""
     volumes = market.dollar_volumes
-    tickers = market.returns_with_cash().columns[:-1]
+    tickers = market.returns.columns
     rows = market.calendar.get_indexer(dates)
     out = np.empty((len(dates), len(tickers)))
     for k, (t, i) in enumerate(zip(dates, rows, strict=True)):

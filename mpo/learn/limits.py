@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BoxLimits", "trade_box"]
+__all__ = ["BoxLimits", "decision_box", "trade_box"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +104,18 @@ def trade_box(
             B,
         )
     return lower, upper, relaxed
+
+
+def decision_box(limits: BoxLimits, ds, split, value: float, horizon: int, w_max: float | None):
+    """``box(k, w_prev (1, n)) -> (lower, upper)`` ``(1, H, n)`` of the ``k``-th decision of
+    ``split`` (the dataset's planner ADV at its position), or ``None`` without limits: what
+    the sequential deciders of :mod:`mpo.learn.baselines` take."""
+    if not limits.active:
+        return None
+
+    def box(k: int, w_prev: torch.Tensor):
+        adv = ds.adv[split.positions[k]][None]
+        lower, upper, _ = trade_box(limits, w_prev, adv, value, horizon, w_max)
+        return lower, upper
+
+    return box

@@ -76,8 +76,7 @@ class DMPOModel(nn.Module):
             delta = self.delta * torch.sigmoid(self.delta_logit).expand(w_prev.shape[0])
         else:
             delta = torch.full((w_prev.shape[0],), self.delta, dtype=DTYPE)
-        first = lambda x: None if x is None else x[:, 0]  # noqa: E731
-        need = min_turnover(w_prev, self.qp_spec.w_max, first(lower), first(upper)) + 1e-12
+        need = min_turnover(w_prev, self.qp_spec.w_max, lower, upper) + 1e-12
         return torch.maximum(delta, need)
 
     def decide(

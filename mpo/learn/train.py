@@ -137,7 +137,7 @@ def dmpo_batch_loss(model: DMPOModel, ds: WindowDataset, spec: TrainSpec) -> Bat
             lower, upper, _ = trade_box(limits, w_prev, ds.adv[keys], costs.value,
                                         spec.qp.horizon, spec.qp.w_max)  # fmt: skip
             if isinstance(delta_b, torch.Tensor) or math.isfinite(delta_b):
-                need = min_turnover(w_prev, spec.qp.w_max, lower[:, 0], upper[:, 0]) + 1e-12
+                need = min_turnover(w_prev, spec.qp.w_max, lower, upper) + 1e-12
                 delta_b = torch.maximum(torch.as_tensor(delta_b, dtype=DTYPE).expand(B), need)
         w, info = model.solve(model.views(ds.windows(pos)), w_prev, delta_b, gamma, keys=keys,
                               lower=lower, upper=upper)  # fmt: skip

@@ -387,8 +387,8 @@ def _snap(spec: QPSpec, w_prev: torch.Tensor, delta: torch.Tensor, bounds: Bound
     moved = (target - w_prev).abs().sum(-1)
     if not bool((moved > 0).any()):
         return w_prev, delta
-    first = lambda x: None if not isinstance(x, torch.Tensor) else x[:, 0]  # noqa: E731
-    need = min_turnover(target, spec.w_max, first(bounds.lower), first(bounds.upper))
+    upper = bounds.upper if isinstance(bounds.upper, torch.Tensor) else None
+    need = min_turnover(target, spec.w_max, bounds.lower, upper)
     room = ~torch.isfinite(delta) | (delta - moved >= need + 1e-12)
     w_prev = torch.where(room[:, None], target, w_prev)
     delta = torch.where(room & torch.isfinite(delta), delta - moved, delta)

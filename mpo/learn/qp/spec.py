@@ -237,8 +237,9 @@ def min_turnover(
 ) -> torch.Tensor:
     """Smallest L1 distance from ``w_prev`` to ``{w : 1'w = 1, lo <= w <= hi}``.
 
-    ``lo = 0`` and ``hi = w_max`` unless the first period's per-weight bounds ``lower``
-    / ``upper`` (shape ``(..., n)``) are given. Clipping each coordinate into
+    ``lo = 0`` and ``hi = w_max`` unless per-weight bounds ``lower`` / ``upper`` are
+    given: of the trade's period, shape ``(..., n)``, or the QP's box ``(..., H, n)``
+    (:attr:`QPInputs.lower`), whose first period is used. Clipping each coordinate into
     ``[lo, hi]`` costs ``sum |w_prev - clip(w_prev)|`` and every feasible ``w`` is
     reached from the clipped point without moving back, so the distance is that cost
     plus ``|1 - sum clip(w_prev)|`` (there is room to move the sum to one when
@@ -251,13 +252,17 @@ def min_turnover(
     w_max : float or None
         Upper bound, ``None`` for none (ignored where ``upper`` is given).
     lower, upper : torch.Tensor or None
-        Per-weight bounds of the trade's period, shape ``(..., n)``.
+        Per-weight bounds, ``(..., n)`` or ``(..., H, n)`` (first period used).
 
     Returns
     -------
     torch.Tensor
         Distances, shape ``(...)``.
     """
+    def first(x):
+        return x[..., 0, :] if x is not None and x.dim() == w_prev.dim() + 1 else x
+
+    lower, upper = first(lower), first(upper)
     lo = torch.zeros_like(w_prev) if lower is None else lower
     if upper is not None:
         clipped = torch.minimum(torch.maximum(w_prev, lo), upper)
@@ -480,8 +485,7 @@ def _check_keys(keys, batch: int) -> torch.Tensor:
 def _check_turnover_feasible(
     spec: QPSpec, w_prev: torch.Tensor, delta: torch.Tensor, lower=None, upper=None
 ) -> None:
-    first = lambda x: None if x is None else x[:, 0]  # noqa: E731
-    need = min_turnover(w_prev.detach(), spec.w_max, first(lower), first(upper))
+    need = min_turnover(w_prev.detach(), spec.w_max, lower, upper)
     slack = 1e-12 if w_prev.dtype == torch.float64 else 1e-6
     bad = delta.detach() < need - slack
     if bool(bad.any()):
