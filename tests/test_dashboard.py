@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import typer
+from cli_helpers import subcommand_app
 from typer.testing import CliRunner
 
 from mpo.dashboard import frames
@@ -440,14 +441,7 @@ def test_broken_empty_and_missing_folders_are_one_message(broken, tmp_path):
 
 # ---------------------------------------------------------------------------- the command
 def _cli() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command so that "dashboard" stays a subcommand
-        """Unused."""
-
-    return app
+    return subcommand_app(register)
 
 
 def test_the_command_runs_streamlit_on_the_app_with_the_runs_folder(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from cli_helpers import subcommand_app
 from typer.testing import CliRunner
 
 import mpo.learn.regimes as regimes_mod
@@ -75,14 +76,7 @@ def _readme_regime_block() -> dict:
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command so that "train" stays a subcommand
-        """Unused."""
-
-    return app
+    return subcommand_app(register)
 
 
 # --- the spec --------------------------------------------------------------------------

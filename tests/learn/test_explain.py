@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import typer
+from cli_helpers import subcommand_app
 from typer.testing import CliRunner
 
 from mpo.data.market import MarketData
@@ -352,14 +353,7 @@ def test_outputs_written(expl, tmp_path):
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command keeps typer's subcommand layout
-        pass
-
-    return app
+    return subcommand_app(register)
 
 
 def test_cli(run_dir, market, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ import pytest
 import torch
 import typer
 from _helpers import tiny_data, tiny_spec
+from cli_helpers import subcommand_app
 from typer.testing import CliRunner
 
 import mpo.learn.progress as progress_mod
@@ -66,14 +67,7 @@ class Killed(Exception):
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command so that "train" stays a subcommand
-        """Unused."""
-
-    return app
+    return subcommand_app(register)
 
 
 def _train(spec: Path, *args: str):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import typer
+from cli_helpers import subcommand_app
 from sklearn.covariance import LedoitWolf
 from typer.testing import CliRunner
 
@@ -34,14 +35,7 @@ runner = CliRunner()
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command keeps "shrink" a subcommand
-        pass
-
-    return app
+    return subcommand_app(register)
 
 
 def _small(seed: int = 0, n: int = 6, lookback: int = 8, months: int = 40):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import _helpers  # noqa: F401  (one torch thread)
 import typer
+from cli_helpers import subcommand_app
 from typer.testing import CliRunner
 
 from mpo.learn.checkpoint import check_compatible, load_checkpoint
@@ -49,14 +50,7 @@ lw_lookback = 60
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command so that "train" stays a subcommand
-        """Unused."""
-
-    return app
+    return subcommand_app(register)
 
 
 def test_train_prints_the_table_and_writes_the_run_folder(tmp_path):
