@@ -17,14 +17,15 @@ import typer
 from cli_helpers import subcommand_app
 from typer.testing import CliRunner
 
-import mpo.learn.regimes as regimes_mod
+import mpo.learn.train as train_mod
 from mpo.data.synthetic import RegimeSwitching, make_synthetic, simulate_market
 from mpo.errors import SpecError
 from mpo.learn.cli import load_training_data, load_training_market, register, run_experiment
 from mpo.learn.config import parse_train_spec
 from mpo.learn.dataset import chronological_split, make_dataset
 from mpo.learn.refit import train_model
-from mpo.learn.regimes import format_regime_scores, regime_scores, train_dmpo_regimes
+from mpo.learn.regimes import format_regime_scores, regime_scores
+from mpo.learn.train import train_dmpo
 
 torch.set_num_threads(1)  # tiny batched solves: threads cost ~10x on 2 cores
 
@@ -206,13 +207,13 @@ def test_regime_loss_without_labels_is_a_spec_error_naming_the_fix(tmp_path):
 
 def _counting(monkeypatch) -> list:
     calls = []
-    real = regimes_mod.with_regime_loss
+    real = train_mod.with_regime_loss
 
     def spy(batch_loss, model, windows, labels, weight):
         calls.append((labels, weight))
         return real(batch_loss, model, windows, labels, weight)
 
-    monkeypatch.setattr(regimes_mod, "with_regime_loss", spy)
+    monkeypatch.setattr(train_mod, "with_regime_loss", spy)
     return calls
 
 
@@ -243,7 +244,7 @@ def test_the_auxiliary_loss_teaches_the_regime_head():
         )  # fmt: skip
         ds = make_dataset(sim.data, spec.feature_spec(), spec.cost_model().estimates)
         train, val, test = chronological_split(ds, 0.2, 0.2, None)
-        tr = train_dmpo_regimes(spec, ds, train, val, sim.truth.regimes, progress=False)
+        tr = train_dmpo(spec, ds, train, val, progress=False, regimes=sim.truth.regimes)
         scores = regime_scores(tr.model, ds, (train, val, test), sim.truth.regimes)
         ce[weight] = scores["train"]["cross_entropy"]
     # same seed, same initial model: only the auxiliary term differs

@@ -189,7 +189,7 @@ def run_experiment(
     regime head's scores (``results["regimes"]``, :func:`mpo.learn.regimes.regime_scores`).
     """
     from mpo.io import package_versions, write_json
-    from mpo.learn.regimes import check_regime_labels, train_dmpo_regimes
+    from mpo.learn.regimes import check_regime_labels
 
     check_regime_labels(spec, regimes, market.name)
     from mpo.learn.baselines import (
@@ -202,6 +202,7 @@ def run_experiment(
     from mpo.learn.dataset import chronological_split, make_dataset
     from mpo.learn.progress import clean_leftovers, prepare_run_dir
     from mpo.learn.train import TrainingCosts, dmpo_decider, run_sequential
+    from mpo.learn.train import train_dmpo as train_dmpo_labelled
 
     prepare_run_dir(run_dir, force=force)
     search = None
@@ -232,7 +233,7 @@ def run_experiment(
                               to_checkpoint, legacy)  # fmt: skip
 
     def train_dmpo(sp, *args, **kw):
-        return train_dmpo_regimes(sp, *args, regimes=regimes, **kw)
+        return train_dmpo_labelled(sp, *args, regimes=regimes, **kw)
 
     legacy = resume if resume is not None else run_dir / "dmpo-interrupted.pt"
     dmpo = durable("dmpo", spec, train_dmpo, legacy)
@@ -310,7 +311,7 @@ def _regime_record(spec, models: dict, ds, splits, regimes) -> dict | None:
 def _search(spec, market, run_dir: Path, n_trials: int, progress: bool, force: bool,
             regimes=None):  # fmt: skip
     """The ``--trials`` search; its selected checkpoint becomes ``run_dir / dmpo.pt``."""
-    from mpo.learn.regimes import train_dmpo_regimes
+    from mpo.learn.train import train_dmpo
     from mpo.learn.trials import clear_search, run_search
 
     if force:
@@ -326,7 +327,7 @@ def _search(spec, market, run_dir: Path, n_trials: int, progress: bool, force: b
             return ck
 
         def fn(**kw):
-            return train_dmpo_regimes(sp, ds, train, val, regimes, progress=progress, **kw)
+            return train_dmpo(sp, ds, train, val, progress=progress, regimes=regimes, **kw)
 
         return _train_durably("dmpo", sp, folder, ds.fingerprint, fn, to_checkpoint)
 

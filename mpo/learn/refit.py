@@ -98,8 +98,9 @@ def train_model(
     from mpo.learn.baselines import train_direct, train_two_stage
     from mpo.learn.cli import _checkpoint, _train_durably
     from mpo.learn.dataset import history_tail, make_dataset
-    from mpo.learn.regimes import check_regime_labels, train_dmpo_regimes
+    from mpo.learn.regimes import check_regime_labels
     from mpo.learn.train import TrainingCosts
+    from mpo.learn.train import train_dmpo as train_dmpo_labelled
 
     if model not in MODELS:
         raise SpecError(f"unknown model {model!r}; one of {', '.join(MODELS)}.")
@@ -120,7 +121,7 @@ def train_model(
     splits = {sp.name: sp.describe() for sp in (train, val)}
 
     def train_dmpo(*args, **kw):
-        return train_dmpo_regimes(*args, regimes=regimes, **kw)
+        return train_dmpo_labelled(*args, regimes=regimes, **kw)
 
     fn = {"dmpo": train_dmpo, "two_stage": train_two_stage, "direct": train_direct}[model]
 

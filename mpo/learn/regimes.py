@@ -7,9 +7,9 @@ by dataset position (:func:`mpo.learn.losses.regime_labels`: the regime of each
 decision's first planned period, a target like the realised returns) and are never an
 input of a decision.
 
-:func:`train_dmpo_regimes` is :func:`mpo.learn.train.train_dmpo` with the DMPO batch
-loss wrapped by :func:`mpo.learn.losses.with_regime_loss` (same model, seed and loop);
-without ``regime_loss`` it *is* ``train_dmpo``. :func:`regime_scores` scores a trained
+:func:`mpo.learn.train.train_dmpo` takes the labels (``regimes=``) and wraps its batch
+loss with :func:`mpo.learn.losses.with_regime_loss` under ``regime_loss``.
+:func:`regime_scores` scores a trained
 regime head per split against two baselines that know only the training split's
 labels: always the majority regime (accuracy) and its regime frequencies as constant
 probabilities (cross-entropy)::
@@ -36,14 +36,12 @@ import torch
 from mpo.errors import SpecError
 from mpo.learn.config import TrainSpec
 from mpo.learn.dataset import Split, WindowDataset
-from mpo.learn.fitting import Trained, fit
-from mpo.learn.losses import TrainingCosts, regime_cross_entropy, regime_labels, with_regime_loss
+from mpo.learn.losses import regime_cross_entropy, regime_labels
 
 __all__ = [
     "check_regime_labels",
     "format_regime_scores",
     "regime_scores",
-    "train_dmpo_regimes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,45 +70,6 @@ def check_regime_labels(
         "regime_loss ([encoder] regimes alone trains the regime head through the Sharpe "
         "loss)."
     )
-
-
-def train_dmpo_regimes(
-    spec: TrainSpec,
-    ds: WindowDataset,
-    train: Split,
-    val: Split,
-    regimes: pd.Series | None = None,
-    *,
-    progress: bool = True,
-    **fit_kwargs,
-) -> Trained:
-    """DMPO trained with ``spec.train.regime_loss`` times the regime cross-entropy.
-
-    ``regimes``: integer regime by date (labels of ``ds`` by :func:`regime_labels`).
-    ``fit_kwargs`` (``epochs``, ``resume``, ``checkpoint``, ...) are
-    :func:`mpo.learn.fitting.fit`'s. Without ``regime_loss``:
-    :func:`mpo.learn.train.train_dmpo` itself (``regimes`` unused).
-    """
-    from mpo.learn.train import batched_sharpe, build_dmpo_model, dmpo_batch_loss, train_dmpo
-
-    w = spec.train.regime_loss
-    if not w:
-        return train_dmpo(spec, ds, train, val, progress=progress, **fit_kwargs)
-    model = build_dmpo_model(spec.encoder_config(ds.n_assets), spec.qp_options(), spec.train.seed)
-    labels = None if regimes is None else regime_labels(ds.dates, regimes)  # None: SpecError
-    loss = with_regime_loss(dmpo_batch_loss(model, ds, spec), model, ds.windows, labels, w)
-    costs = TrainingCosts.from_spec(spec)
-    result = fit(
-        model,
-        loss,
-        lambda: batched_sharpe(model, ds, val, costs),
-        train.positions,
-        spec.train,
-        desc=f"dmpo[{spec.train.remedy}, regime_loss {w:g}]",
-        progress=progress,
-        **fit_kwargs,
-    )
-    return Trained(model, result, "dmpo")
 
 
 def _matched_accuracy(pred: np.ndarray, lab: np.ndarray, K: int, R: int) -> float:

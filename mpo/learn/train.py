@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from mpo.errors import SpecError
@@ -57,9 +58,11 @@ from mpo.learn.losses import (
     TrainingCosts,
     feasibility_violation,
     net_returns,
+    regime_labels,
     sample_w_prev,
     sharpe_loss,
     utility_loss,
+    with_regime_loss,
 )
 from mpo.learn.model import DMPOModel, build_dmpo_model, seeded
 from mpo.learn.qp import min_turnover
@@ -168,22 +171,33 @@ def train_dmpo(
     on_interrupt: Callable[[dict], None] | None = None,
     on_epoch_end: Callable[[int, dict], None] | None = None,
     checkpoint: Callable[[dict], None] | None = None,
+    regimes: pd.Series | None = None,
 ) -> Trained:
     """Train a DMPO model end to end (early stopping on the batched validation Sharpe).
 
     ``resume``, ``on_interrupt``, ``on_epoch_end`` and ``checkpoint`` are :func:`fit`'s.
+    With ``[train] regime_loss`` the batch loss adds that weight times the regime head's
+    cross-entropy on ``regimes`` (integer regime by date;
+    :func:`~mpo.learn.losses.with_regime_loss`: a :class:`~mpo.errors.SpecError` without
+    them); otherwise ``regimes`` is unused.
     """
     enc = spec.encoder_config(ds.n_assets)
     model = build_dmpo_model(enc, spec.qp_options(), spec.train.seed)
     costs = TrainingCosts.from_spec(spec)
+    loss, desc = dmpo_batch_loss(model, ds, spec), f"dmpo[{spec.train.remedy}]"
+    weight = spec.train.regime_loss
+    if weight:
+        labels = None if regimes is None else regime_labels(ds.dates, regimes)
+        loss = with_regime_loss(loss, model, ds.windows, labels, weight)
+        desc = f"dmpo[{spec.train.remedy}, regime_loss {weight:g}]"
     result = fit(
         model,
-        dmpo_batch_loss(model, ds, spec),
+        loss,
         lambda: batched_sharpe(model, ds, val, costs),
         train.positions,
         spec.train,
         epochs=epochs,
-        desc=f"dmpo[{spec.train.remedy}]",
+        desc=desc,
         progress=progress,
         resume=resume,
         on_interrupt=on_interrupt,

@@ -259,6 +259,7 @@ def min_turnover(
     torch.Tensor
         Distances, shape ``(...)``.
     """
+
     def first(x):
         return x[..., 0, :] if x is not None and x.dim() == w_prev.dim() + 1 else x
 
